@@ -1,0 +1,151 @@
+"""Importance-weighted bounds on log p(x) for any model with the ``bench.interface`` methods.
+
+log w_k = log p(x|z_k) + log p(z_k) - log q(z_k|x),  z_k ~ q(z|x)
+L_k     = log (1/k) sum_k w_k                          (Burda et al. 2015)
+L_1 <= L_k <= log p(x) in expectation, and L_k -> log p(x) as k -> infinity. All in nats.
+"""
+from __future__ import annotations
+
+import math
+
+import torch
+from torch.distributions import Distribution, Independent, Normal, kl_divergence
+
+from bench.interface import check_model
+
+NOISE_BLOCK = 500
+DEFAULT_MEMORY_BYTES = 256 * 2**20
+
+
+class NonFiniteLogWeight(FloatingPointError):
+    """A log-weight was NaN or infinite; the message names the model and the example."""
+
+
+def _noise_dim(q: Distribution) -> int | None:
+    if isinstance(q, Independent) and isinstance(q.base_dist, Normal):
+        return q.event_shape[-1]
+    return getattr(q, "noise_dim", None)
+
+
+def seeded_noise(seed: int, index: torch.Tensor, start: int, stop: int, dim: int,
+                 device: torch.device | str = "cpu") -> torch.Tensor:
+    """Standard normal noise for samples start..stop-1 of each example: [stop - start, B, dim].
+
+    Example ``index[b]`` owns a stream cut into blocks of ``NOISE_BLOCK`` samples, each from its own
+    generator seeded by (seed, index, block), so the values do not depend on how examples are
+    batched or samples chunked.
+    """
+    first, last = start // NOISE_BLOCK, (stop - 1) // NOISE_BLOCK
+    columns = []
+    for i in index.tolist():
+        blocks = []
+        for block in range(first, last + 1):
+            gen = torch.Generator(device=device).manual_seed((seed << 40) ^ (i << 12) ^ block)
+            blocks.append(torch.randn(NOISE_BLOCK, dim, generator=gen, device=device))
+        columns.append(torch.cat(blocks)[start - first * NOISE_BLOCK: stop - first * NOISE_BLOCK])
+    return torch.stack(columns, dim=1)
+
+
+def sample_posterior(q: Distribution, k: int, seed: int | None = None, index: torch.Tensor | None = None,
+                     start: int = 0) -> torch.Tensor:
+    """z ~ q(z|x), [k, B, d]; samples start..start+k-1 of each example's seeded stream if ``seed``."""
+    dim = _noise_dim(q)
+    if seed is None or dim is None:
+        return q.rsample((k,)) if q.has_rsample else q.sample((k,))
+    if index is None:
+        index = torch.arange(q.batch_shape[0])
+    device = q.mean.device if hasattr(q, "mean") else "cpu"
+    eps = seeded_noise(seed, index, start, start + k, dim, device)
+    if isinstance(q, Independent):
+        return q.base_dist.loc + q.base_dist.scale * eps
+    return q.rsample_from_noise(eps)
+
+
+def weighted_samples(model, x: torch.Tensor, k: int, *, seed: int | None = None,
+                     index: torch.Tensor | None = None, start: int = 0, q: Distribution | None = None,
+                     prior: Distribution | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """(z [k, B, d], log w [k, B]) with z_k ~ q(z|x) and log w = log p(x, z_k) - log q(z_k|x)."""
+    q = model.posterior(x) if q is None else q
+    prior = model.prior() if prior is None else prior
+    z = sample_posterior(q, k, seed, index, start)
+    return z, model.likelihood(z).log_prob(x) + prior.log_prob(z) - q.log_prob(z)
+
+
+def log_weights(model, x: torch.Tensor, k: int, *, seed: int | None = None, index: torch.Tensor | None = None,
+                start: int = 0, q: Distribution | None = None, prior: Distribution | None = None) -> torch.Tensor:
+    """log p(x, z_k) - log q(z_k|x) for k posterior samples per example: x [B, D] -> [k, B].
+
+    Uses ``model.log_weights(x, k)`` when the model defines it and no seed is asked for. ``q`` and
+    ``prior`` may be passed in so that chunked callers build them once.
+    """
+    check_model(model)
+    if seed is None and q is None and hasattr(model, "log_weights"):
+        return model.log_weights(x, k)
+    return weighted_samples(model, x, k, seed=seed, index=index, start=start, q=q, prior=prior)[1]
+
+
+def default_chunk_size(batch: int, dim_x: int, memory_bytes: int = DEFAULT_MEMORY_BYTES) -> int:
+    """Samples per chunk so that about 4 float32 [chunk, batch, dim_x] tensors fit in ``memory_bytes``."""
+    return max(1, memory_bytes // (16 * batch * max(dim_x, 1)))
+
+
+@torch.no_grad()
+def iwae_bound(model, x: torch.Tensor, k: int, chunk_size: int | None = None, *, seed: int | None = None,
+               index: torch.Tensor | None = None, name: str | None = None) -> torch.Tensor:
+    """L_k = log (1/k) sum_k w_k per example, x [B, D] -> [B] nats.
+
+    The k samples are drawn in chunks of ``chunk_size`` (default: a 256 MiB budget); each chunk's
+    logsumexp is combined in float64 with ``logaddexp``, so precision does not degrade with k.
+    With ``seed`` the samples of example ``index[b]`` are fixed (see :func:`seeded_noise`).
+    Raises :class:`NonFiniteLogWeight` naming ``name`` and the example if a log-weight is NaN/inf.
+    """
+    if k < 1:
+        raise ValueError(f"k={k}: the number of importance samples must be at least 1")
+    chunk_size = chunk_size or default_chunk_size(x.shape[0], x.shape[-1])
+    use_hook = seed is None and hasattr(model, "log_weights")
+    q = None if use_hook else model.posterior(x)
+    prior = None if use_hook else model.prior()
+    total = None
+    for start in range(0, k, chunk_size):
+        n = min(chunk_size, k - start)
+        lw = log_weights(model, x, n, seed=seed, index=index, start=start, q=q, prior=prior)
+        check_finite(lw, name or type(model).__name__, index)
+        part = torch.logsumexp(lw.double(), dim=0)
+        total = part if total is None else torch.logaddexp(total, part)
+    return (total - math.log(k)).to(x.dtype)
+
+
+def check_finite(lw: torch.Tensor, name: str, index: torch.Tensor | None = None) -> None:
+    """Raise :class:`NonFiniteLogWeight` if any log-weight [k, B] is NaN or infinite."""
+    bad = ~torch.isfinite(lw)
+    if bad.any():
+        column = int(bad.nonzero()[0, 1])
+        example = int(index[column]) if index is not None else column
+        raise NonFiniteLogWeight(f"model {name}: log-weight is {float(lw[bad][0])} for test example {example}; "
+                                 "check the checkpoint (NaN weights?) and that the data match the model")
+
+
+def elbo_terms(model, x: torch.Tensor, n_samples: int = 1, *, seed: int | None = None,
+               index: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """(E_q log p(x|z), KL(q(z|x) || p(z))), each [B].
+
+    The KL is analytic where ``torch.distributions`` has it registered, otherwise the Monte Carlo
+    estimate E_q[log q(z|x) - log p(z)] from the same ``n_samples`` draws.
+    """
+    check_model(model)
+    q, prior = model.posterior(x), model.prior()
+    z = sample_posterior(q, n_samples, seed, index)  # [n, B, d]
+    reconstruction = model.likelihood(z).log_prob(x).mean(0)
+    try:
+        kl = kl_divergence(q, prior)
+    except NotImplementedError:
+        kl = (q.log_prob(z) - prior.log_prob(z)).mean(0)
+    return reconstruction, kl.expand_as(reconstruction)
+
+
+@torch.no_grad()
+def elbo(model, x: torch.Tensor, n_samples: int = 1, *, seed: int | None = None,
+         index: torch.Tensor | None = None) -> torch.Tensor:
+    """L_1 = E_q log p(x|z) - KL(q(z|x) || p(z)) per example, [B] nats (analytic KL where it exists)."""
+    reconstruction, kl = elbo_terms(model, x, n_samples, seed=seed, index=index)
+    return reconstruction - kl

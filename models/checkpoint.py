@@ -1,0 +1,46 @@
+"""Atomic, code-free checkpoint files: tensors and plain values, loaded with ``weights_only=True``."""
+from __future__ import annotations
+
+import json
+import os
+import pickle
+import zipfile
+from pathlib import Path
+
+import torch
+
+
+class CheckpointError(RuntimeError):
+    """A checkpoint is missing, corrupt, unsafe or does not match its registry entry."""
+
+
+def atomic_save(obj: dict, path: Path) -> None:
+    """``torch.save`` to a temporary file in the same folder, then rename over ``path``."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
+    torch.save(obj, tmp)
+    tmp.replace(path)
+
+
+def atomic_write_json(obj: dict, path: Path) -> None:
+    """Write JSON to a temporary file, then rename over ``path``."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
+    tmp.write_text(json.dumps(obj, indent=1, default=float) + "\n")
+    tmp.replace(path)
+
+
+def load_state(path: Path) -> dict:
+    """Load a checkpoint without executing code; clear errors for missing, corrupt or unsafe files."""
+    if not path.is_file():
+        raise CheckpointError(f"checkpoint {path} does not exist: train it with `python run_bench.py train NAME`")
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as err:
+        raise CheckpointError(f"checkpoint {path} was refused: it holds objects other than tensors and plain "
+                              f"values, which could run code when loaded ({str(err).splitlines()[0]}). "
+                              "Do not use it; retrain or fetch the file again") from None
+    except (RuntimeError, EOFError, zipfile.BadZipFile, OSError) as err:
+        raise CheckpointError(f"checkpoint {path} is truncated or corrupt ({type(err).__name__}: "
+                              f"{str(err).splitlines()[0] if str(err) else ''}); delete it and retrain, or "
+                              "restore it with `git checkout -- <path>`") from None
