@@ -66,7 +66,7 @@ def cmd_train(args: argparse.Namespace) -> int:
     model = registry.build(entry, data)
     meta = {"name": entry.name, "dataset": entry.dataset, "model": asdict(entry.model),
             "code_version": code_version(), "data_sha256": registry.data_checksum(data),
-            "torch": torch.__version__, "device": str(device)}
+            "torch": str(torch.__version__), "device": str(device)}
     st = train(model, data, entry.train, entry.state, entry.checkpoint, meta, args.max_epochs, str(device))
     status = "finished" if st["done"] else "paused (run the same command to continue)"
     print(f"{entry.name}: epoch {st['epoch']}, best validation ELBO {st['best']:.3f}, {status}")

@@ -15,6 +15,9 @@ Optional:
 - ``log_weights(x, k)``: a [k, B] tensor of log p(x, z_k) - log q(z_k|x) with z_k ~ q(z|x);
   the estimators use it when present (e.g. for a hierarchy the model evaluates more cheaply).
 - ``latent_layers``: a list of layer sizes summing to d, for per-layer active units.
+- ``likelihood_features(z)`` and ``likelihood_head`` (an ``nn.Linear``): for a Bernoulli decoder
+  whose logits are ``likelihood_head(likelihood_features(z))``; the fused log-weight kernel
+  (``bench.kernels``) then computes log p(x|z) without materialising the logits.
 
 Nothing here needs to be an ``nn.Module``: an object written outside the project works as is.
 """

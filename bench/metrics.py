@@ -53,7 +53,8 @@ def elbo_surgery(model, x_train: torch.Tensor, n_samples: int | None = None, see
     marginal_kl = E_q(z)[log q(z) - log p(z)].
     ``avg_kl`` and ``reconstruction`` use every point; the two expectations over q(z) use
     ``n_samples`` draws (default N: one per point), z = a draw of q(z|x_i) with i uniform.
-    Also returns ``elbo`` = reconstruction - avg_kl and the standard errors of the MC terms.
+    Also returns ``train_elbo`` = reconstruction - avg_kl and the standard errors of the MC terms
+    (``mc_avg_kl_se`` is that of mutual_info + marginal_kl, the MC estimate of avg_kl).
     """
     check_model(model)
     n = len(x_train)
@@ -87,9 +88,10 @@ def elbo_surgery(model, x_train: torch.Tensor, n_samples: int | None = None, see
         "avg_kl": float(kl.mean()),
         "mutual_info": float(mi.mean()),
         "marginal_kl": float(marginal.mean()),
-        "elbo": float((rec - kl).mean()),
+        "train_elbo": float((rec - kl).mean()),
         "mutual_info_se": float(mi.std() / math.sqrt(m)),
         "marginal_kl_se": float(marginal.std() / math.sqrt(m)),
+        "mc_avg_kl_se": float((mi + marginal).std() / math.sqrt(m)),
         "log_n": math.log(n),
         "n_train": n,
     }

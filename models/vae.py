@@ -30,18 +30,22 @@ class ModelConfig:
 
 
 class BernoulliDecoder(nn.Module):
-    """p(x|h) = Bernoulli(logits = W h + b): an MLP trunk then one linear output layer."""
+    """Logits W h(z) + b of p(x|z): an MLP trunk h, then one linear output layer."""
 
     def __init__(self, n_in: int, hidden: int, depth: int, net: str, x_dim: int):
         super().__init__()
         self.trunk = mlp(n_in, hidden, depth, net)
         self.out = nn.Linear(hidden, x_dim)
 
-    def forward(self, z: torch.Tensor) -> Distribution:
-        return Independent(Bernoulli(logits=self.out(self.trunk(z))), 1)
+
+class BernoulliHeadMixin:
+    """p(x|z) = Bernoulli(logits = head(features(z))): exposes the split for the fused kernel."""
+
+    def likelihood(self, z: torch.Tensor) -> Distribution:
+        return Independent(Bernoulli(logits=self.likelihood_head(self.likelihood_features(z))), 1)
 
 
-class VAE(nn.Module):
+class VAE(BernoulliHeadMixin, nn.Module):
     """q(z|x) = N(mu(x), diag sigma(x)^2); p(z) standard, MoG or VampPrior; p(x|z) Bernoulli."""
 
     def __init__(self, config: ModelConfig, data: torch.Tensor | None = None):
@@ -58,8 +62,12 @@ class VAE(nn.Module):
     def prior(self) -> Distribution:
         return self.prior_net(self.encoder)
 
-    def likelihood(self, z: torch.Tensor) -> Distribution:
-        return self.decoder(z)
+    def likelihood_features(self, z: torch.Tensor) -> torch.Tensor:
+        return self.decoder.trunk(z)
+
+    @property
+    def likelihood_head(self) -> nn.Linear:
+        return self.decoder.out
 
 
 class HierarchicalPosterior(Distribution):
@@ -124,7 +132,7 @@ class HierarchicalPrior(Distribution):
             return torch.cat([self._bottom(z2).sample(), z2], -1)
 
 
-class HVAE(nn.Module):
+class HVAE(BernoulliHeadMixin, nn.Module):
     """The VampPrior paper's two-level VAE: q(z2|x) q(z1|x,z2), p(z2) p(z1|z2) p(x|z1,z2).
 
     Latent z = [z1, z2] (``latent_layers`` = [d, d]); p(z2) is standard, MoG or VampPrior, the
@@ -154,10 +162,13 @@ class HVAE(nn.Module):
     def prior(self) -> Distribution:
         return HierarchicalPrior(self, self.prior_net(self.encoder))
 
-    def likelihood(self, z: torch.Tensor) -> Distribution:
+    def likelihood_features(self, z: torch.Tensor) -> torch.Tensor:
         z1, z2 = z.chunk(2, dim=-1)
-        h = self.p_joint(torch.cat([self.p_z1(z1), self.p_z2(z2)], -1))
-        return Independent(Bernoulli(logits=self.p_out(h)), 1)
+        return self.p_joint(torch.cat([self.p_z1(z1), self.p_z2(z2)], -1))
+
+    @property
+    def likelihood_head(self) -> nn.Linear:
+        return self.p_out
 
 
 def build_model(config: ModelConfig, data: torch.Tensor | None = None) -> nn.Module:

@@ -1,0 +1,111 @@
+"""The common evaluation protocol: one record of every number, for any model with the interface.
+
+Test log-likelihood is L_5000 (Burda et al. 2015), averaged over the test points; its ``_se`` is
+the standard error of that mean over test points. L_k for smaller k come from the same samples
+(averages over disjoint groups, see ``bench.estimators.iwae_bounds``). Active units use the whole
+evaluated test set (population variance, strict ``>`` threshold). ELBO surgery uses the whole
+training split for the aggregate posterior.
+"""
+from __future__ import annotations
+
+import math
+import time
+from pathlib import Path
+
+import torch
+from tqdm import tqdm
+
+from bench.data import Dataset, check_binary
+from bench.estimators import elbo, iwae_bounds
+from bench.metrics import active_units, elbo_surgery
+
+PROTOCOL_VERSION = 1
+LADDER = (1, 5, 50, 500, 5000)
+
+
+def _load_progress(path: Path | None, key: str) -> dict:
+    if path is None or not path.is_file():
+        return {}
+    saved = torch.load(path, weights_only=True)
+    return saved["done"] if saved.get("key") == key else {}
+
+
+def _save_progress(path: Path | None, key: str, done: dict) -> None:
+    if path is None:
+        return
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp")
+    torch.save({"key": key, "done": done}, tmp)
+    tmp.replace(path)
+
+
+def per_example_bounds(model, x: torch.Tensor, ks: tuple[int, ...], seed: int, batch_size: int = 100,
+                       chunk_size: int | None = None, name: str = "model",
+                       progress_path: Path | None = None) -> torch.Tensor:
+    """[len(ks), N] bounds for every row of x, in batches; with ``progress_path`` each finished
+    batch is stored, and a later call with the same arguments resumes where it stopped."""
+    key = f"{name}|{ks}|{seed}|{len(x)}|{batch_size}"
+    done = _load_progress(progress_path, key)
+    for start in tqdm(range(0, len(x), batch_size), desc=f"{name} L_{max(ks)}", unit="batch", disable=None):
+        if start in done:
+            continue
+        xb = x[start:start + batch_size]
+        index = torch.arange(start, start + len(xb))
+        done[start] = iwae_bounds(model, xb, ks, chunk_size, seed=seed, index=index, name=name).cpu()
+        _save_progress(progress_path, key, done)
+    return torch.cat([done[s] for s in sorted(done)], dim=1)
+
+
+def _mean_se(values: torch.Tensor) -> tuple[float, float]:
+    v = values.double()
+    return float(v.mean()), float(v.std() / math.sqrt(len(v))) if len(v) > 1 else float("nan")
+
+
+def evaluate(model, dataset: Dataset, k: int = 5000, *, n_test: int | None = None, seed: int = 0,
+             batch_size: int = 100, chunk_size: int | None = None, device: str | torch.device = "cpu",
+             surgery: bool = True, surgery_samples: int | None = None, name: str = "model",
+             progress_path: Path | None = None) -> tuple[dict, dict[str, torch.Tensor]]:
+    """Run the protocol; returns (record, per-example values).
+
+    record: log_likelihood (= L_k) and its standard error, elbo and its standard error, elbo_gap
+    (L_k - ELBO), L_m for m in (1, 5, 50, 500, 5000) up to k, active units, the ELBO-surgery terms,
+    n_test, seed, device, torch version, wall time. Per-example: ``L_k`` and ``elbo`` [n_test].
+    Seeded: the same call gives the same numbers whatever ``batch_size`` and ``chunk_size``.
+    """
+    if k < 1:
+        raise ValueError(f"k={k}: the number of importance samples must be at least 1")
+    n_total = len(dataset.test)
+    n_test = n_total if n_test is None else n_test
+    if not 0 < n_test <= n_total:
+        raise ValueError(f"n_test={n_test}: the {dataset.name} test set has {n_total} points; "
+                         f"choose 1..{n_total}")
+    started = time.perf_counter()
+    device = torch.device(device)
+    model = model.to(device) if hasattr(model, "to") else model
+    x = dataset.test[:n_test].to(device)
+    check_binary(x, f"{dataset.name} test split")
+    ks = tuple(m for m in LADDER if m < k and k % m == 0) + (k,)
+    bounds = per_example_bounds(model, x, ks, seed, batch_size, chunk_size, name, progress_path)
+    with torch.no_grad():
+        elbos = torch.cat([elbo(model, x[i:i + batch_size], seed=seed, index=torch.arange(i, min(i + batch_size, n_test)))
+                           for i in range(0, n_test, batch_size)]).cpu()
+    ll, ll_se = _mean_se(bounds[-1])
+    el, el_se = _mean_se(elbos)
+    count, _ = active_units(model, x)
+    record = {
+        "model": name, "dataset": dataset.name, "n_test": n_test, "k": k, "seed": seed,
+        "log_likelihood": ll, "log_likelihood_se": ll_se, "elbo": el, "elbo_se": el_se,
+        "elbo_gap": ll - el, "elbo_gap_se": _mean_se(bounds[-1] - elbos)[1],
+        **{f"L_{m}": float(bounds[i].double().mean()) for i, m in enumerate(ks)},
+        "active_units": count if isinstance(count, int) else "+".join(map(str, count)),
+        "active_units_total": count if isinstance(count, int) else sum(count),
+        "active_units_set": f"test[:{n_test}]",
+    }
+    if surgery:
+        try:
+            record.update(elbo_surgery(model, dataset.train.to(device), n_samples=surgery_samples, seed=seed))
+        except TypeError as err:
+            record["surgery_note"] = str(err).split(";")[0]
+    record.update({"device": str(device), "torch": str(torch.__version__), "protocol_version": PROTOCOL_VERSION,
+                   "wall_time_s": time.perf_counter() - started})
+    return record, {f"L_{k}": bounds[-1], "elbo": elbos}
