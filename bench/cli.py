@@ -1,7 +1,15 @@
-"""Subcommands of ``run_bench.py``; each returns an exit status."""
+"""The VAE evaluation suite. With no subcommand: evaluate every trained model, then write the report.
+
+  list            the registry and which entries are trained
+  train NAME      train (or resume training) one registry entry
+  eval [NAMES]    full protocol (K=5000, whole test set) -> results/records, results/metrics.csv
+  report          tables (results/tables.md) and plots (results/*.png) from stored results
+  check           quick protocol on the committed checkpoints vs results/baseline.csv (CI)
+"""
 from __future__ import annotations
 
 import argparse
+import math
 import subprocess
 import sys
 from pathlib import Path
@@ -73,8 +81,159 @@ def cmd_train(args: argparse.Namespace) -> int:
     return 0
 
 
+def _trained(names: list[str] | None) -> list:
+    from models import registry
+
+    entries = [registry.get(n) for n in names] if names else [e for e in registry.ENTRIES if e.checkpoint.is_file()]
+    missing = [e.name for e in entries if not e.checkpoint.is_file()]
+    if missing:
+        raise UsageError(f"not trained: {', '.join(missing)}; run `python run_bench.py train NAME` first")
+    return entries
+
+
+def evaluate_entries(entries: list, args: argparse.Namespace, out: Path, *, k: int, n_test: int | None,
+                     surgery_samples: int | None, force: bool, store: bool = True) -> list[dict]:
+    """Run the protocol on each entry, reusing stored records whose key is unchanged."""
+    from bench.protocol import PROTOCOL_VERSION, evaluate
+    from bench.results import load_record, save_record
+    from models import registry
+
+    if k < 1:
+        raise UsageError(f"--k {k}: the number of importance samples must be at least 1")
+    device = resolve_device(args.device)
+    records = []
+    for entry in entries:
+        data = entry.load_data(args.data_dir)
+        if n_test is not None and not 0 < n_test <= len(data.test):
+            raise UsageError(f"--n-test {n_test}: {entry.name}'s test set ({entry.dataset}) has {len(data.test)} "
+                             f"points; choose 1..{len(data.test)}")
+        key = {"checkpoint_sha256": registry.file_hash(entry.checkpoint), "protocol_version": PROTOCOL_VERSION,
+               "k": k, "n_test": n_test or len(data.test), "seed": args.seed, "surgery_samples": surgery_samples}
+        cached = None if force or not store else load_record(out, entry.name, key)
+        if cached is not None:
+            print(f"{entry.name}: unchanged, reusing the stored record (--force re-runs)")
+            records.append(cached)
+            continue
+        model = registry.load(entry)
+        progress = out / ".cache" / f"{entry.name}-{key['checkpoint_sha256'][:12]}-k{k}.progress.pt" if store else None
+        record, per_example = evaluate(model, data, k, n_test=n_test, seed=args.seed, batch_size=args.batch_size,
+                                       chunk_size=args.chunk_size, device=device, name=entry.name,
+                                       surgery_samples=surgery_samples, progress_path=progress)
+        record.update({"code_version": code_version(), "checkpoint_sha256": key["checkpoint_sha256"]})
+        if store:
+            save_record(out, entry.name, key, record, per_example)
+            if progress is not None:
+                progress.unlink(missing_ok=True)
+        print(f"{entry.name}: log p(x) >= {record['log_likelihood']:.3f} ± {record['log_likelihood_se']:.3f} "
+              f"(K={k}, n={record['n_test']}, {record['wall_time_s']:.1f} s)")
+        records.append(record)
+    return records
+
+
+def cmd_eval(args: argparse.Namespace) -> int:
+    from bench.results import all_records, check_writable, write_metrics_csv
+
+    out = Path(args.out)
+    check_writable(out)
+    evaluate_entries(_trained(args.names), args, out, k=args.k, n_test=args.n_test,
+                     surgery_samples=args.surgery_samples, force=args.force)
+    print(f"wrote {write_metrics_csv(out, all_records(out))}")
+    return 0
+
+
+def cmd_report(args: argparse.Namespace) -> int:
+    from bench.report import image_grids, plot_posterior_2d, write_plots, write_tables
+    from bench.results import all_records, check_writable, write_metrics_csv
+    from models import registry
+
+    out = Path(args.out)
+    check_writable(out)
+    records = all_records(out)
+    if records.empty:
+        raise UsageError(f"no stored results under {out}/records: run `python run_bench.py eval` first")
+    write_metrics_csv(out, records)
+    write_tables(records, registry.REGISTRY, out)
+    write_plots(records, registry.REGISTRY, out)
+    for name in records.model:
+        entry = registry.REGISTRY.get(name)
+        if entry is None or not entry.checkpoint.is_file():
+            continue
+        model, data = registry.load(entry), entry.load_data(args.data_dir)
+        image_grids(name, model, data, out)
+        if entry.model.z_dim == 2 and entry.model.levels == 1:
+            plot_posterior_2d(name, model, data, out)
+    print(f"wrote {out}/metrics.csv, {out}/tables.md and plots")
+    return 0
+
+
+CHECKED = {"log_likelihood": "log_likelihood_mc_se", "L_1": "L_1_mc_se", "mutual_info": "mutual_info_se",
+           "marginal_kl": "marginal_kl_se"}
+Z_CHECK = 4.0
+
+
+def compare_with_baseline(records: list[dict], baseline: "pd.DataFrame") -> "pd.DataFrame":
+    """One row per (model, metric): baseline, now, difference and tolerance Z * sqrt(se_b^2 + se_now^2),
+    with Monte Carlo standard errors of these fixed test points; ``ok`` False where it moved more, or
+    where the checkpoint differs from the one the baseline was made with."""
+    import pandas as pd
+
+    rows = []
+    for rec in records:
+        base = baseline[baseline.model == rec["model"]]
+        for metric, se_key in CHECKED.items():
+            if metric not in rec:
+                continue
+            row = base[base.metric == metric]
+            if row.empty:
+                rows.append({"model": rec["model"], "metric": metric, "now": rec[metric], "ok": True, "note": "new"})
+                continue
+            b = row.iloc[0]
+            tol = Z_CHECK * math.hypot(b.se, rec[se_key])
+            same = b.checkpoint_sha256 == rec["checkpoint_sha256"]
+            diff = rec[metric] - b.value
+            rows.append({"model": rec["model"], "metric": metric, "baseline": b.value, "now": rec[metric],
+                         "diff": diff, "tolerance": tol, "ok": bool(same and abs(diff) <= tol),
+                         "note": "" if same else "checkpoint changed: run `check --update` and commit"})
+    return pd.DataFrame(rows)
+
+
+def cmd_check(args: argparse.Namespace) -> int:
+    import pandas as pd
+
+    from bench.results import atomic_write_text
+
+    records = evaluate_entries(_trained(args.names), args, Path(args.out),
+                               k=args.k, n_test=args.n_test, surgery_samples=args.surgery_samples, force=True,
+                               store=False)
+    baseline_path = Path(args.baseline)
+    if args.update:
+        rows = [{"model": r["model"], "metric": m, "value": r[m], "se": r[se], "k": r["k"], "n_test": r["n_test"],
+                 "checkpoint_sha256": r["checkpoint_sha256"]} for r in records for m, se in CHECKED.items() if m in r]
+        atomic_write_text(baseline_path, pd.DataFrame(rows).to_csv(index=False, float_format="%.6f"))
+        print(f"wrote {baseline_path} ({len(rows)} rows)")
+        return 0
+    if not baseline_path.is_file():
+        raise UsageError(f"no baseline at {baseline_path}: create it with `python run_bench.py check --update`")
+    table = compare_with_baseline(records, pd.read_csv(baseline_path))
+    missing = sorted(set(pd.read_csv(baseline_path).model) - {r["model"] for r in records})
+    with pd.option_context("display.width", 160, "display.max_rows", 500):
+        print(table.to_string(index=False, float_format=lambda v: f"{v:.4f}"))
+    if missing:
+        print(f"in the baseline but not evaluated (checkpoint gone?): {', '.join(missing)}")
+    failed = table[~table.ok]
+    print(f"check: {len(table) - len(failed)} of {len(table)} metrics within tolerance "
+          f"({Z_CHECK:g} Monte Carlo standard errors)")
+    return 1 if len(failed) or missing else 0
+
+
+def cmd_all(args: argparse.Namespace) -> int:
+    cmd_eval(args)
+    return cmd_report(args)
+
+
 def parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="run_bench.py", description=__doc__)
+    p = argparse.ArgumentParser(prog="run_bench.py", description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--data-dir", help="dataset directory (default: $VAEBENCH_DATA or ~/.cache/vaebench/data)")
     p.add_argument("--device", default="auto", help="auto, cpu or cuda[:N] (default auto)")
     sub = p.add_subparsers(dest="command")
@@ -83,7 +242,38 @@ def parser() -> argparse.ArgumentParser:
     t.add_argument("name")
     t.add_argument("--max-epochs", type=int, help="stop this run after this many more epochs (resume later)")
     t.set_defaults(func=cmd_train)
+    e = sub.add_parser("eval", help="full protocol on trained models (default: all) -> results/")
+    e.add_argument("names", nargs="*", help="registry names (default: every trained model)")
+    _protocol_options(e, k=5000)
+    e.add_argument("--force", action="store_true", help="re-evaluate even if a stored record matches")
+    e.set_defaults(func=cmd_eval)
+    r = sub.add_parser("report", help="tables and plots from stored results")
+    r.add_argument("--out", default=str(ROOT / "results"), help="results folder (default results/)")
+    r.set_defaults(func=cmd_report)
+    c = sub.add_parser("check", help="quick protocol on committed checkpoints vs results/baseline.csv")
+    c.add_argument("names", nargs="*", help="registry names (default: every trained model)")
+    _protocol_options(c, k=100, n_test=200, surgery_samples=1000)
+    c.add_argument("--baseline", default=str(ROOT / "results" / "baseline.csv"))
+    c.add_argument("--update", action="store_true", help="write the baseline instead of comparing")
+    c.set_defaults(func=cmd_check)
+    p.set_defaults(func=cmd_all, names=[], force=False, **{k: v for k, v in _PROTOCOL_DEFAULTS.items()})
     return p
+
+
+_PROTOCOL_DEFAULTS = {"k": 5000, "n_test": None, "batch_size": 100, "chunk_size": None, "seed": 0,
+                      "surgery_samples": None, "out": str(ROOT / "results")}
+
+
+def _protocol_options(p: argparse.ArgumentParser, k: int, n_test: int | None = None,
+                      surgery_samples: int | None = None) -> None:
+    p.add_argument("--k", type=int, default=k, help=f"importance samples (default {k})")
+    p.add_argument("--n-test", type=int, default=n_test, help="first N test points (default: all)")
+    p.add_argument("--batch-size", type=int, default=100, help="test points per batch (default 100)")
+    p.add_argument("--chunk-size", type=int, help="samples per chunk (default: a 256 MiB budget)")
+    p.add_argument("--seed", type=int, default=0, help="seed of the importance samples (default 0)")
+    p.add_argument("--surgery-samples", type=int, default=surgery_samples,
+                   help="draws from q(z) for the ELBO-surgery expectations (default: one per training point)")
+    p.add_argument("--out", default=str(ROOT / "results"), help="results folder (default results/)")
 
 
 def main(argv: list[str]) -> int:
@@ -93,7 +283,7 @@ def main(argv: list[str]) -> int:
 
     try:
         return args.func(args)
-    except (UsageError, DataError, CheckpointError, KeyError) as err:
+    except (UsageError, DataError, CheckpointError, KeyError, PermissionError, FloatingPointError) as err:
         message = err.args[0] if isinstance(err, KeyError) else str(err)
         print(f"error: {message}", file=sys.stderr)
         return 2

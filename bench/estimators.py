@@ -91,7 +91,8 @@ def default_chunk_size(batch: int, dim_x: int, memory_bytes: int = DEFAULT_MEMOR
 
 @torch.no_grad()
 def iwae_bounds(model, x: torch.Tensor, ks: tuple[int, ...], chunk_size: int | None = None, *,
-                seed: int | None = None, index: torch.Tensor | None = None, name: str | None = None) -> torch.Tensor:
+                seed: int | None = None, index: torch.Tensor | None = None, name: str | None = None,
+                with_variance: bool = False) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
     """L_m for every m in ``ks`` from one set of K = max(ks) samples per example: [len(ks), B] nats.
 
     L_K = log (1/K) sum_k w_k; each smaller m must divide K, and L_m is the average of the bound
@@ -101,6 +102,10 @@ def iwae_bounds(model, x: torch.Tensor, ks: tuple[int, ...], chunk_size: int | N
     ``logaddexp``, so precision does not degrade with K. With ``seed`` the samples of example
     ``index[b]`` are fixed (see :func:`seeded_noise`), so results do not depend on batch or chunk
     size. Raises :class:`NonFiniteLogWeight` naming ``name`` and the example on a NaN/inf weight.
+
+    With ``with_variance`` also returns the Monte Carlo variance of each estimate, [len(ks), B]:
+    for m < K the variance of the K/m group bounds divided by K/m; for K the delta-method scaling
+    Var(L_K) ~ Var(L_m) m / K of the largest smaller m (NaN if there is none).
     """
     check_model(model)
     k = max(ks)
@@ -117,6 +122,7 @@ def iwae_bounds(model, x: torch.Tensor, ks: tuple[int, ...], chunk_size: int | N
     prior = None if use_hook else model.prior()
     total = None
     group_sums = {m: torch.zeros(x.shape[0], dtype=torch.float64, device=x.device) for m in smaller}
+    group_squares = {m: torch.zeros_like(group_sums[m]) for m in smaller}
     for start in range(0, k, chunk_size):
         n = min(chunk_size, k - start)
         lw = log_weights(model, x, n, seed=seed, index=index, start=start, q=q, prior=prior).double()
@@ -124,10 +130,19 @@ def iwae_bounds(model, x: torch.Tensor, ks: tuple[int, ...], chunk_size: int | N
         part = torch.logsumexp(lw, dim=0)
         total = part if total is None else torch.logaddexp(total, part)
         for m in smaller:
-            groups = lw.reshape(n // m, m, -1)
-            group_sums[m] += (torch.logsumexp(groups, dim=1) - math.log(m)).sum(0)
+            groups = torch.logsumexp(lw.reshape(n // m, m, -1), dim=1) - math.log(m)
+            group_sums[m] += groups.sum(0)
+            group_squares[m] += groups.pow(2).sum(0)
     by_k = {k: total - math.log(k), **{m: group_sums[m] / (k // m) for m in smaller}}
-    return torch.stack([by_k[m] for m in ks]).to(x.dtype)
+    bounds = torch.stack([by_k[m] for m in ks]).to(x.dtype)
+    if not with_variance:
+        return bounds
+    var = {}
+    for m in smaller:
+        g = k // m
+        var[m] = (group_squares[m] - group_sums[m].pow(2) / g) / max(g - 1, 1) / g
+    var[k] = var[smaller[-1]] * smaller[-1] / k if smaller else torch.full_like(total, math.nan)
+    return bounds, torch.stack([var[m] for m in ks])
 
 
 def iwae_bound(model, x: torch.Tensor, k: int, chunk_size: int | None = None, *, seed: int | None = None,

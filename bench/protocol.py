@@ -41,9 +41,10 @@ def _save_progress(path: Path | None, key: str, done: dict) -> None:
 
 def per_example_bounds(model, x: torch.Tensor, ks: tuple[int, ...], seed: int, batch_size: int = 100,
                        chunk_size: int | None = None, name: str = "model",
-                       progress_path: Path | None = None) -> torch.Tensor:
-    """[len(ks), N] bounds for every row of x, in batches; with ``progress_path`` each finished
-    batch is stored, and a later call with the same arguments resumes where it stopped."""
+                       progress_path: Path | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """Bounds and their Monte Carlo variances, each [len(ks), N], for every row of x in batches of
+    ``batch_size`` (see ``iwae_bounds``). With ``progress_path`` each finished batch is stored and a
+    later call with the same arguments resumes where it stopped, giving the same numbers."""
     key = f"{name}|{ks}|{seed}|{len(x)}|{batch_size}"
     done = _load_progress(progress_path, key)
     for start in tqdm(range(0, len(x), batch_size), desc=f"{name} L_{max(ks)}", unit="batch", disable=None):
@@ -51,9 +52,11 @@ def per_example_bounds(model, x: torch.Tensor, ks: tuple[int, ...], seed: int, b
             continue
         xb = x[start:start + batch_size]
         index = torch.arange(start, start + len(xb))
-        done[start] = iwae_bounds(model, xb, ks, chunk_size, seed=seed, index=index, name=name).cpu()
+        bounds, var = iwae_bounds(model, xb, ks, chunk_size, seed=seed, index=index, name=name, with_variance=True)
+        done[start] = torch.stack([bounds.double().cpu(), var.cpu()])
         _save_progress(progress_path, key, done)
-    return torch.cat([done[s] for s in sorted(done)], dim=1)
+    both = torch.cat([done[s] for s in sorted(done)], dim=2)
+    return both[0], both[1]
 
 
 def _mean_se(values: torch.Tensor) -> tuple[float, float]:
@@ -67,7 +70,8 @@ def evaluate(model, dataset: Dataset, k: int = 5000, *, n_test: int | None = Non
              progress_path: Path | None = None) -> tuple[dict, dict[str, torch.Tensor]]:
     """Run the protocol; returns (record, per-example values).
 
-    record: log_likelihood (= L_k) and its standard error, elbo and its standard error, elbo_gap
+    record: log_likelihood (= L_k) with its standard error over test points (``_se``) and its Monte
+    Carlo standard error for these test points (``_mc_se``), elbo and its standard error, elbo_gap
     (L_k - ELBO), L_m for m in (1, 5, 50, 500, 5000) up to k, active units, the ELBO-surgery terms,
     n_test, seed, device, torch version, wall time. Per-example: ``L_k`` and ``elbo`` [n_test].
     Seeded: the same call gives the same numbers whatever ``batch_size`` and ``chunk_size``.
@@ -85,7 +89,7 @@ def evaluate(model, dataset: Dataset, k: int = 5000, *, n_test: int | None = Non
     x = dataset.test[:n_test].to(device)
     check_binary(x, f"{dataset.name} test split")
     ks = tuple(m for m in LADDER if m < k and k % m == 0) + (k,)
-    bounds = per_example_bounds(model, x, ks, seed, batch_size, chunk_size, name, progress_path)
+    bounds, mc_var = per_example_bounds(model, x, ks, seed, batch_size, chunk_size, name, progress_path)
     with torch.no_grad():
         elbos = torch.cat([elbo(model, x[i:i + batch_size], seed=seed, index=torch.arange(i, min(i + batch_size, n_test)))
                            for i in range(0, n_test, batch_size)]).cpu()
@@ -96,7 +100,9 @@ def evaluate(model, dataset: Dataset, k: int = 5000, *, n_test: int | None = Non
         "model": name, "dataset": dataset.name, "n_test": n_test, "k": k, "seed": seed,
         "log_likelihood": ll, "log_likelihood_se": ll_se, "elbo": el, "elbo_se": el_se,
         "elbo_gap": ll - el, "elbo_gap_se": _mean_se(bounds[-1] - elbos)[1],
-        **{f"L_{m}": float(bounds[i].double().mean()) for i, m in enumerate(ks)},
+        "log_likelihood_mc_se": float(mc_var[-1].sum().sqrt() / n_test),
+        **{f"L_{m}": float(bounds[i].mean()) for i, m in enumerate(ks)},
+        **{f"L_{m}_mc_se": float(mc_var[i].sum().sqrt() / n_test) for i, m in enumerate(ks)},
         "active_units": count if isinstance(count, int) else "+".join(map(str, count)),
         "active_units_total": count if isinstance(count, int) else sum(count),
         "active_units_set": f"test[:{n_test}]",

@@ -1,0 +1,219 @@
+"""Fused log-weight kernels: log p(x|z) and a mixture log p(z) without their big intermediate tables.
+
+Bernoulli decoder, logits l = h W^T + c (h [K, B, H] decoder features, W [D, H], c [D]):
+
+    log p(x_b | z_kb) = sum_j x_bj l_kbj - softplus(l_kbj),   softplus(l) = max(l, 0) + log1p(exp(-|l|)).
+
+The Triton kernel computes each [rows, D] block of logits with ``tl.dot`` over H, applies the
+epilogue and reduces over D on chip: the [K, B, D] logits never exist in memory.
+
+Mixture prior (see ``bench.mixture``): log N(z; m_c, s_c^2) = [z^2, z] . [-p_c / 2, m_c p_c] + const_c
+with p_c = 1 / s_c^2, so the kernel runs that product tile by tile over the C components and keeps a
+running max and running sum per row (online logsumexp): the [S, C] table never exists either.
+
+Both kernels compute in float32 with full-precision products (``input_precision="ieee"``, Triton 3.0
+or later) and carry no autograd graph. On a machine without CUDA they run under the Triton
+interpreter when ``TRITON_INTERPRET=1`` is set; kernels are compiled on first use, so setting the
+variable any time before the first call is enough, whenever ``triton`` was imported.
+"""
+from __future__ import annotations
+
+import math
+import os
+
+import torch
+from torch import nn
+from torch.distributions import Distribution
+from torch.nn import functional as F
+
+from bench import mixture
+from bench.mixture import DiagonalGaussianMixture
+
+try:
+    import triton
+    import triton.language as tl
+except ImportError:
+    triton = tl = None
+
+BLOCK_M = 64
+BLOCK_N = 64
+BLOCK_K = 32
+DOT_PRECISION = "ieee"
+BACKENDS = ("torch", "triton")
+
+
+def _interpret() -> bool:
+    return os.environ.get("TRITON_INTERPRET") == "1"
+
+
+def triton_available() -> bool:
+    """True when Triton imports and can run here: a CUDA device, or ``TRITON_INTERPRET=1`` (CPU)."""
+    return triton is not None and (torch.cuda.is_available() or _interpret())
+
+
+def _check_backend(backend: str, *tensors: torch.Tensor) -> None:
+    if backend not in BACKENDS:
+        raise ValueError(f"unknown backend {backend!r}: use 'torch' or 'triton'")
+    if backend == "torch":
+        return
+    if not triton_available():
+        reason = "triton is not installed" if triton is None else "there is no CUDA device"
+        raise RuntimeError(f"the triton backend cannot run here ({reason}): set TRITON_INTERPRET=1 to run "
+                           "Triton kernels on the CPU, or use backend='torch'")
+    if not _interpret() and any(t.device.type != "cuda" for t in tensors):
+        raise RuntimeError("the triton backend needs CUDA tensors: move them to the GPU, set TRITON_INTERPRET=1 "
+                           "to run Triton kernels on the CPU, or use backend='torch'")
+
+
+_compiled: dict[tuple[str, bool], object] = {}
+
+
+def _kernel(fn):
+    """``triton.jit(fn)``, made on first use and once per interpreter setting (read at jit time)."""
+    key = (fn.__name__, _interpret())
+    if key not in _compiled:
+        _compiled[key] = triton.jit(fn)
+    return _compiled[key]
+
+
+def _bernoulli_kernel(h_ptr, w_ptr, bias_ptr, x_ptr, out_ptr, M, B, D, H,
+                      stride_hm, stride_hh, stride_wd, stride_wh, stride_xb, stride_xd,
+                      BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
+                      PRECISION: tl.constexpr):
+    """out[m] = sum_j x[m % B, j] l[m, j] - softplus(l[m, j]),  l = h W^T + bias; one program per BLOCK_M rows."""
+    rows = tl.program_id(0) * BLOCK_M + tl.arange(0, BLOCK_M)
+    row_ok = rows < M
+    h_rows = h_ptr + rows.to(tl.int64)[:, None] * stride_hm
+    x_rows = x_ptr + (rows % B).to(tl.int64)[:, None] * stride_xb
+    total = tl.zeros([BLOCK_M], dtype=tl.float32)
+    for n0 in range(0, D, BLOCK_N):
+        cols = n0 + tl.arange(0, BLOCK_N)
+        col_ok = cols < D
+        logits = tl.zeros([BLOCK_M, BLOCK_N], dtype=tl.float32)
+        for k0 in range(0, H, BLOCK_K):
+            ks = k0 + tl.arange(0, BLOCK_K)
+            k_ok = ks < H
+            h = tl.load(h_rows + ks[None, :] * stride_hh, mask=row_ok[:, None] & k_ok[None, :], other=0.0)
+            w = tl.load(w_ptr + ks[:, None] * stride_wh + cols[None, :] * stride_wd,
+                        mask=k_ok[:, None] & col_ok[None, :], other=0.0)
+            logits = tl.dot(h, w, logits, input_precision=PRECISION)
+        logits += tl.load(bias_ptr + cols, mask=col_ok, other=0.0)[None, :]
+        x = tl.load(x_rows + cols[None, :] * stride_xd, mask=row_ok[:, None] & col_ok[None, :], other=0.0)
+        u = tl.exp(-tl.abs(logits))
+        v = 1.0 + u
+        # log1p(u) to full precision: log(1 + u) * u / ((1 + u) - 1), or u itself when 1 + u rounds to 1
+        # (v - 1 is then 0, otherwise at least 2^-24, so the clamp only keeps the unused branch finite).
+        log1p_u = tl.where(v == 1.0, u, tl.log(v) * (u / tl.maximum(v - 1.0, 1e-30)))
+        term = x * logits - (tl.maximum(logits, 0.0) + log1p_u)
+        total += tl.sum(tl.where(col_ok[None, :], term, 0.0), axis=1)
+    tl.store(out_ptr + rows, total, mask=row_ok)
+
+
+def _mixture_kernel(z_ptr, a_ptr, b_ptr, const_ptr, out_ptr, S, C, d,
+                    stride_zs, stride_zd, stride_ad, stride_ac,
+                    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
+                    PRECISION: tl.constexpr):
+    """out[s] = logsumexp_c (z_s^2 . A[:, c] + z_s . Bm[:, c] + const[c]), online over C tiles."""
+    rows = tl.program_id(0) * BLOCK_M + tl.arange(0, BLOCK_M)
+    row_ok = rows < S
+    z_rows = z_ptr + rows.to(tl.int64)[:, None] * stride_zs
+    run_max = tl.full([BLOCK_M], float("-inf"), tl.float32)
+    run_sum = tl.zeros([BLOCK_M], dtype=tl.float32)
+    for n0 in range(0, C, BLOCK_N):
+        cols = n0 + tl.arange(0, BLOCK_N)
+        col_ok = cols < C
+        logp = tl.zeros([BLOCK_M, BLOCK_N], dtype=tl.float32)
+        for k0 in range(0, d, BLOCK_K):
+            ks = k0 + tl.arange(0, BLOCK_K)
+            k_ok = ks < d
+            z = tl.load(z_rows + ks[None, :] * stride_zd, mask=row_ok[:, None] & k_ok[None, :], other=0.0)
+            w_offsets = ks[:, None] * stride_ad + cols[None, :] * stride_ac
+            w_mask = k_ok[:, None] & col_ok[None, :]
+            logp = tl.dot(z * z, tl.load(a_ptr + w_offsets, mask=w_mask, other=0.0), logp, input_precision=PRECISION)
+            logp = tl.dot(z, tl.load(b_ptr + w_offsets, mask=w_mask, other=0.0), logp, input_precision=PRECISION)
+        logp += tl.load(const_ptr + cols, mask=col_ok, other=0.0)[None, :]
+        logp = tl.where(col_ok[None, :], logp, float("-inf"))
+        new_max = tl.maximum(run_max, tl.max(logp, axis=1))
+        # A row whose components so far all have log-weight -inf keeps sum 0 instead of exp(-inf + inf).
+        shift = tl.where(new_max == float("-inf"), 0.0, new_max)
+        run_sum = run_sum * tl.exp(run_max - shift) + tl.sum(tl.exp(logp - shift[:, None]), axis=1)
+        run_max = new_max
+    tl.store(out_ptr + rows, run_max + tl.log(run_sum), mask=row_ok)
+
+
+def bernoulli_log_lik(h: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor, x: torch.Tensor,
+                      backend: str = "torch") -> torch.Tensor:
+    """sum_j x_bj l_kbj - softplus(l_kbj) with l = h W^T + bias: the Bernoulli log-likelihood, [K, B].
+
+    h [K, B, H] decoder features, weight [D, H], bias [D], x [B, D]. ``torch`` materialises the
+    logits; ``triton`` never does (float32, result in h's dtype, no gradient).
+    """
+    _check_backend(backend, h, weight, bias, x)
+    if backend == "torch":
+        logits = F.linear(h, weight, bias)
+        return (x * logits - F.softplus(logits)).sum(-1)
+    k, b, n_hidden = h.shape
+    n_pixels = weight.shape[0]
+    rows = h.detach().reshape(k * b, n_hidden).float()
+    out = torch.empty(k * b, dtype=torch.float32, device=h.device)
+    if out.numel():
+        w, x32 = weight.detach().float(), x.detach().float()
+        _kernel(_bernoulli_kernel)[(triton.cdiv(k * b, BLOCK_M),)](
+            rows, w, bias.detach().float().contiguous(), x32, out, k * b, b, n_pixels, n_hidden,
+            rows.stride(0), rows.stride(1), w.stride(0), w.stride(1), x32.stride(0), x32.stride(1),
+            BLOCK_M=BLOCK_M, BLOCK_N=BLOCK_N, BLOCK_K=BLOCK_K, PRECISION=DOT_PRECISION)
+    return out.reshape(k, b).to(h.dtype)
+
+
+def mixture_log_prob(z: torch.Tensor, loc: torch.Tensor, scale: torch.Tensor, log_mix: torch.Tensor,
+                     backend: str = "torch") -> torch.Tensor:
+    """log sum_c exp(log_mix_c + log N(z; loc_c, diag scale_c^2)): z [..., d], loc/scale [C, d], log_mix [C] -> [...].
+
+    ``torch`` is ``bench.mixture.mixture_log_prob``; ``triton`` never forms the [S, C] table
+    (float32, result in z's dtype, no gradient).
+    """
+    _check_backend(backend, z, loc, scale, log_mix)
+    if backend == "torch":
+        return mixture.mixture_log_prob(z, loc, scale, log_mix)
+    n_components, dim = loc.shape
+    loc, scale = loc.detach().float(), scale.detach().float()
+    precision = scale.pow(-2)
+    quadratic = (-0.5 * precision).T.contiguous()  # [d, C]
+    linear = (loc * precision).T.contiguous()  # [d, C]
+    const = (log_mix.detach().float() - 0.5 * (loc.pow(2) * precision).sum(1) - scale.log().sum(1)
+             - 0.5 * dim * math.log(2 * math.pi)).contiguous()
+    flat = z.detach().reshape(-1, dim).float()
+    out = torch.empty(flat.shape[0], dtype=torch.float32, device=z.device)
+    if out.numel():
+        _kernel(_mixture_kernel)[(triton.cdiv(flat.shape[0], BLOCK_M),)](
+            flat, quadratic, linear, const, out, flat.shape[0], n_components, dim,
+            flat.stride(0), flat.stride(1), quadratic.stride(0), quadratic.stride(1),
+            BLOCK_M=BLOCK_M, BLOCK_N=BLOCK_N, BLOCK_K=BLOCK_K, PRECISION=DOT_PRECISION)
+    return out.reshape(z.shape[:-1]).to(z.dtype)
+
+
+def supports_fused(model: object) -> bool:
+    """True when p(x|z) = Bernoulli(logits = model.likelihood_head(model.likelihood_features(z)))."""
+    return callable(getattr(model, "likelihood_features", None)) and \
+        isinstance(getattr(model, "likelihood_head", None), nn.Linear)
+
+
+def fused_log_weights(model, q: Distribution, prior: Distribution, z: torch.Tensor, x: torch.Tensor,
+                      backend: str = "torch") -> torch.Tensor:
+    """log p(x|z) + log p(z) - log q(z|x) for z [K, B, d], x [B, D] -> [K, B].
+
+    log p(x|z) uses ``bernoulli_log_lik`` when ``supports_fused(model)``, log p(z) uses
+    ``mixture_log_prob`` when the prior is a ``DiagonalGaussianMixture``; otherwise each falls back
+    to ``model.likelihood(z).log_prob(x)`` / ``prior.log_prob(z)``. log q(z|x) is plain torch.
+    """
+    if supports_fused(model):
+        head = model.likelihood_head
+        bias = head.bias if head.bias is not None else head.weight.new_zeros(head.out_features)
+        log_lik = bernoulli_log_lik(model.likelihood_features(z), head.weight, bias, x, backend)
+    else:
+        log_lik = model.likelihood(z).log_prob(x)
+    if isinstance(prior, DiagonalGaussianMixture):
+        log_prior = mixture_log_prob(z, prior.loc, prior.scale, prior.log_mix, backend)
+    else:
+        log_prior = prior.log_prob(z)
+    return log_lik + log_prior - q.log_prob(z)

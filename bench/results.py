@@ -1,0 +1,76 @@
+"""Stored evaluation results: one JSON record per model, assembled into ``metrics.csv``.
+
+A record is reused while its key (checkpoint hash, protocol version and settings) is unchanged, so
+a repeated run only evaluates what changed. Every file is written to a temporary name in the same
+folder and renamed, so an interrupted run leaves the previous results intact.
+"""
+from __future__ import annotations
+
+import json
+import math
+import os
+from pathlib import Path
+
+import pandas as pd
+import torch
+
+
+def atomic_write_text(path: Path, text: str) -> None:
+    """Write ``text`` to ``path`` via a temporary file and a rename."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
+    tmp.write_text(text)
+    tmp.replace(path)
+
+
+def check_writable(folder: Path) -> None:
+    """Raise ``PermissionError`` naming ``folder`` unless files can be created in it."""
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        probe = folder / f".write-test-{os.getpid()}"
+        probe.write_text("")
+        probe.unlink()
+    except OSError as err:
+        raise PermissionError(f"output folder {folder} cannot be written ({err.strerror}); "
+                              "choose another with --out") from None
+
+
+def record_path(out: Path, name: str) -> Path:
+    return out / "records" / f"{name}.json"
+
+
+def load_record(out: Path, name: str, key: dict) -> dict | None:
+    """The stored record of ``name`` if it was made with exactly ``key``, else None."""
+    path = record_path(out, name)
+    if not path.is_file():
+        return None
+    stored = json.loads(path.read_text())
+    return stored["record"] if stored.get("key") == key else None
+
+
+def save_record(out: Path, name: str, key: dict, record: dict, per_example: dict[str, torch.Tensor]) -> None:
+    """Store a record (JSON) and its per-example values (gzipped CSV), both atomically."""
+    for value in record.values():
+        if isinstance(value, float) and not math.isfinite(value) and not math.isnan(value):
+            raise FloatingPointError(f"model {name}: an infinite metric would reach the CSV; not stored")
+    frame = pd.DataFrame({k: v.double().numpy() for k, v in per_example.items()})
+    frame.index.name = "test_index"
+    per_example_path = out / "per_example" / f"{name}.csv.gz"
+    per_example_path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = per_example_path.with_name(f".{per_example_path.name}.tmp{os.getpid()}")
+    frame.to_csv(tmp, compression={"method": "gzip", "mtime": 0}, float_format="%.6f")
+    tmp.replace(per_example_path)
+    atomic_write_text(record_path(out, name), json.dumps({"key": key, "record": record}, indent=1) + "\n")
+
+
+def all_records(out: Path) -> pd.DataFrame:
+    """Every stored record as one tidy frame, a row per model."""
+    rows = [json.loads(p.read_text())["record"] for p in sorted((out / "records").glob("*.json"))]
+    return pd.DataFrame(rows)
+
+
+def write_metrics_csv(out: Path, frame: pd.DataFrame) -> Path:
+    """``metrics.csv``: one row per model, every protocol number, written atomically."""
+    path = out / "metrics.csv"
+    atomic_write_text(path, frame.to_csv(index=False, float_format="%.6f"))
+    return path
