@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import math
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -49,6 +50,18 @@ def resolve_device(name: str) -> torch.device:
     if device.type not in ("cpu", "cuda"):
         raise UsageError(f"--device {name}: only cpu and cuda are supported")
     return device
+
+
+def resolve_backend(name: str, device: torch.device) -> str:
+    """``auto`` is the fused Triton kernel on CUDA and the torch reference on the CPU."""
+    from bench.kernels import triton_available
+
+    if name == "auto":
+        return "triton" if device.type == "cuda" and triton_available() else "torch"
+    if name == "triton" and not triton_available():
+        raise UsageError("--backend triton: Triton cannot run here (no CUDA device; on the CPU set "
+                         "TRITON_INTERPRET=1, slow, for testing only); use --backend torch")
+    return name
 
 
 def cmd_list(args: argparse.Namespace) -> int:
@@ -92,8 +105,9 @@ def _trained(names: list[str] | None) -> list:
 
 
 def evaluate_entries(entries: list, args: argparse.Namespace, out: Path, *, k: int, n_test: int | None,
-                     surgery_samples: int | None, force: bool, store: bool = True) -> list[dict]:
-    """Run the protocol on each entry, reusing stored records whose key is unchanged."""
+                     surgery_samples: int | None, reuse: bool, store: bool) -> list[dict]:
+    """Run the protocol on each entry; ``reuse``: take stored records whose key is unchanged and
+    keep per-batch progress for resuming; ``store``: write the records (rank 0 only)."""
     from bench.protocol import PROTOCOL_VERSION, evaluate
     from bench.results import load_record, save_record
     from models import registry
@@ -101,6 +115,7 @@ def evaluate_entries(entries: list, args: argparse.Namespace, out: Path, *, k: i
     if k < 1:
         raise UsageError(f"--k {k}: the number of importance samples must be at least 1")
     device = resolve_device(args.device)
+    backend = resolve_backend(args.backend, device)
     records = []
     for entry in entries:
         data = entry.load_data(args.data_dir)
@@ -108,36 +123,51 @@ def evaluate_entries(entries: list, args: argparse.Namespace, out: Path, *, k: i
             raise UsageError(f"--n-test {n_test}: {entry.name}'s test set ({entry.dataset}) has {len(data.test)} "
                              f"points; choose 1..{len(data.test)}")
         key = {"checkpoint_sha256": registry.file_hash(entry.checkpoint), "protocol_version": PROTOCOL_VERSION,
-               "k": k, "n_test": n_test or len(data.test), "seed": args.seed, "surgery_samples": surgery_samples}
-        cached = None if force or not store else load_record(out, entry.name, key)
+               "k": k, "n_test": n_test or len(data.test), "seed": args.seed, "surgery_samples": surgery_samples,
+               "backend": backend}
+        cached = load_record(out, entry.name, key) if reuse else None
         if cached is not None:
             print(f"{entry.name}: unchanged, reusing the stored record (--force re-runs)")
             records.append(cached)
             continue
         model = registry.load(entry)
-        progress = out / ".cache" / f"{entry.name}-{key['checkpoint_sha256'][:12]}-k{k}.progress.pt" if store else None
+        progress = out / ".cache" / f"{entry.name}-{key['checkpoint_sha256'][:12]}-k{k}.progress.pt" if reuse else None
         record, per_example = evaluate(model, data, k, n_test=n_test, seed=args.seed, batch_size=args.batch_size,
                                        chunk_size=args.chunk_size, device=device, name=entry.name,
-                                       surgery_samples=surgery_samples, progress_path=progress)
+                                       surgery_samples=surgery_samples, progress_path=progress, backend=backend)
         record.update({"code_version": code_version(), "checkpoint_sha256": key["checkpoint_sha256"]})
         if store:
             save_record(out, entry.name, key, record, per_example)
-            if progress is not None:
-                progress.unlink(missing_ok=True)
         print(f"{entry.name}: log p(x) >= {record['log_likelihood']:.3f} ± {record['log_likelihood_se']:.3f} "
               f"(K={k}, n={record['n_test']}, {record['wall_time_s']:.1f} s)")
         records.append(record)
     return records
 
 
+def init_distributed(args: argparse.Namespace) -> int:
+    """Join the ``torchrun`` process group (gloo on CPU, NCCL on CUDA) when WORLD_SIZE > 1; the rank."""
+    if int(os.environ.get("WORLD_SIZE", "1")) <= 1:
+        return 0
+    cuda = resolve_device(args.device).type == "cuda"
+    if cuda:
+        local = int(os.environ.get("LOCAL_RANK", "0"))
+        torch.cuda.set_device(local)
+        args.device = f"cuda:{local}"
+    torch.distributed.init_process_group("nccl" if cuda else "gloo")
+    return torch.distributed.get_rank()
+
+
 def cmd_eval(args: argparse.Namespace) -> int:
     from bench.results import all_records, check_writable, write_metrics_csv
 
     out = Path(args.out)
-    check_writable(out)
+    rank = init_distributed(args)
+    if rank == 0:
+        check_writable(out)
     evaluate_entries(_trained(args.names), args, out, k=args.k, n_test=args.n_test,
-                     surgery_samples=args.surgery_samples, force=args.force)
-    print(f"wrote {write_metrics_csv(out, all_records(out))}")
+                     surgery_samples=args.surgery_samples, reuse=not args.force, store=rank == 0)
+    if rank == 0:
+        print(f"wrote {write_metrics_csv(out, all_records(out))}")
     return 0
 
 
@@ -203,7 +233,7 @@ def cmd_check(args: argparse.Namespace) -> int:
     from bench.results import atomic_write_text
 
     records = evaluate_entries(_trained(args.names), args, Path(args.out),
-                               k=args.k, n_test=args.n_test, surgery_samples=args.surgery_samples, force=True,
+                               k=args.k, n_test=args.n_test, surgery_samples=args.surgery_samples, reuse=False,
                                store=False)
     baseline_path = Path(args.baseline)
     if args.update:
@@ -260,7 +290,7 @@ def parser() -> argparse.ArgumentParser:
     return p
 
 
-_PROTOCOL_DEFAULTS = {"k": 5000, "n_test": None, "batch_size": 100, "chunk_size": None, "seed": 0,
+_PROTOCOL_DEFAULTS = {"k": 5000, "n_test": None, "batch_size": 100, "chunk_size": None, "seed": 0, "backend": "auto",
                       "surgery_samples": None, "out": str(ROOT / "results")}
 
 
@@ -271,6 +301,9 @@ def _protocol_options(p: argparse.ArgumentParser, k: int, n_test: int | None = N
     p.add_argument("--batch-size", type=int, default=100, help="test points per batch (default 100)")
     p.add_argument("--chunk-size", type=int, help="samples per chunk (default: a 256 MiB budget)")
     p.add_argument("--seed", type=int, default=0, help="seed of the importance samples (default 0)")
+    p.add_argument("--backend", default="auto", choices=("auto", "torch", "triton"),
+                   help="log-weight path: torch reference or the fused Triton kernel (default auto: "
+                        "triton on CUDA, torch on CPU)")
     p.add_argument("--surgery-samples", type=int, default=surgery_samples,
                    help="draws from q(z) for the ELBO-surgery expectations (default: one per training point)")
     p.add_argument("--out", default=str(ROOT / "results"), help="results folder (default results/)")
@@ -279,11 +312,13 @@ def _protocol_options(p: argparse.ArgumentParser, k: int, n_test: int | None = N
 def main(argv: list[str]) -> int:
     args = parser().parse_args(argv)
     from bench.data import DataError
+    from bench.results import ResultsError
     from models.checkpoint import CheckpointError
 
     try:
         return args.func(args)
-    except (UsageError, DataError, CheckpointError, KeyError, PermissionError, FloatingPointError) as err:
+    except (UsageError, DataError, CheckpointError, ResultsError, KeyError, PermissionError,
+            FloatingPointError) as err:
         message = err.args[0] if isinstance(err, KeyError) else str(err)
         print(f"error: {message}", file=sys.stderr)
         return 2

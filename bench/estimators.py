@@ -12,6 +12,7 @@ import torch
 from torch.distributions import Distribution, Independent, Normal, kl_divergence
 
 from bench.interface import check_model
+from bench.kernels import fused_log_weights
 
 NOISE_BLOCK = 500
 DEFAULT_MEMORY_BYTES = 256 * 2**20
@@ -63,16 +64,23 @@ def sample_posterior(q: Distribution, k: int, seed: int | None = None, index: to
 
 def weighted_samples(model, x: torch.Tensor, k: int, *, seed: int | None = None,
                      index: torch.Tensor | None = None, start: int = 0, q: Distribution | None = None,
-                     prior: Distribution | None = None) -> tuple[torch.Tensor, torch.Tensor]:
-    """(z [k, B, d], log w [k, B]) with z_k ~ q(z|x) and log w = log p(x, z_k) - log q(z_k|x)."""
+                     prior: Distribution | None = None, backend: str = "torch") -> tuple[torch.Tensor, torch.Tensor]:
+    """(z [k, B, d], log w [k, B]) with z_k ~ q(z|x) and log w = log p(x, z_k) - log q(z_k|x).
+
+    ``backend="triton"`` computes the Bernoulli log-likelihood and a mixture prior with the fused
+    kernels of ``bench.kernels`` where the model allows; ``torch`` is the plain reference path.
+    """
     q = model.posterior(x) if q is None else q
     prior = model.prior() if prior is None else prior
     z = sample_posterior(q, k, seed, index, start)
+    if backend != "torch":
+        return z, fused_log_weights(model, q, prior, z, x, backend)
     return z, model.likelihood(z).log_prob(x) + prior.log_prob(z) - q.log_prob(z)
 
 
 def log_weights(model, x: torch.Tensor, k: int, *, seed: int | None = None, index: torch.Tensor | None = None,
-                start: int = 0, q: Distribution | None = None, prior: Distribution | None = None) -> torch.Tensor:
+                start: int = 0, q: Distribution | None = None, prior: Distribution | None = None,
+                backend: str = "torch") -> torch.Tensor:
     """log p(x, z_k) - log q(z_k|x) for k posterior samples per example: x [B, D] -> [k, B].
 
     Uses ``model.log_weights(x, k)`` when the model defines it and no seed is asked for. ``q`` and
@@ -81,7 +89,7 @@ def log_weights(model, x: torch.Tensor, k: int, *, seed: int | None = None, inde
     check_model(model)
     if seed is None and q is None and hasattr(model, "log_weights"):
         return model.log_weights(x, k)
-    return weighted_samples(model, x, k, seed=seed, index=index, start=start, q=q, prior=prior)[1]
+    return weighted_samples(model, x, k, seed=seed, index=index, start=start, q=q, prior=prior, backend=backend)[1]
 
 
 def default_chunk_size(batch: int, dim_x: int, memory_bytes: int = DEFAULT_MEMORY_BYTES) -> int:
@@ -92,7 +100,7 @@ def default_chunk_size(batch: int, dim_x: int, memory_bytes: int = DEFAULT_MEMOR
 @torch.no_grad()
 def iwae_bounds(model, x: torch.Tensor, ks: tuple[int, ...], chunk_size: int | None = None, *,
                 seed: int | None = None, index: torch.Tensor | None = None, name: str | None = None,
-                with_variance: bool = False) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
+                with_variance: bool = False, backend: str = "torch") -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
     """L_m for every m in ``ks`` from one set of K = max(ks) samples per example: [len(ks), B] nats.
 
     L_K = log (1/K) sum_k w_k; each smaller m must divide K, and L_m is the average of the bound
@@ -125,7 +133,7 @@ def iwae_bounds(model, x: torch.Tensor, ks: tuple[int, ...], chunk_size: int | N
     group_squares = {m: torch.zeros_like(group_sums[m]) for m in smaller}
     for start in range(0, k, chunk_size):
         n = min(chunk_size, k - start)
-        lw = log_weights(model, x, n, seed=seed, index=index, start=start, q=q, prior=prior).double()
+        lw = log_weights(model, x, n, seed=seed, index=index, start=start, q=q, prior=prior, backend=backend).double()
         check_finite(lw, name or type(model).__name__, index)
         part = torch.logsumexp(lw, dim=0)
         total = part if total is None else torch.logaddexp(total, part)
@@ -146,9 +154,9 @@ def iwae_bounds(model, x: torch.Tensor, ks: tuple[int, ...], chunk_size: int | N
 
 
 def iwae_bound(model, x: torch.Tensor, k: int, chunk_size: int | None = None, *, seed: int | None = None,
-               index: torch.Tensor | None = None, name: str | None = None) -> torch.Tensor:
+               index: torch.Tensor | None = None, name: str | None = None, backend: str = "torch") -> torch.Tensor:
     """L_k = log (1/k) sum_k w_k per example, x [B, D] -> [B] nats (see :func:`iwae_bounds`)."""
-    return iwae_bounds(model, x, (k,), chunk_size, seed=seed, index=index, name=name)[0]
+    return iwae_bounds(model, x, (k,), chunk_size, seed=seed, index=index, name=name, backend=backend)[0]
 
 
 def check_finite(lw: torch.Tensor, name: str, index: torch.Tensor | None = None) -> None:

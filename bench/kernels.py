@@ -11,13 +11,16 @@ Mixture prior (see ``bench.mixture``): log N(z; m_c, s_c^2) = [z^2, z] . [-p_c /
 with p_c = 1 / s_c^2, so the kernel runs that product tile by tile over the C components and keeps a
 running max and running sum per row (online logsumexp): the [S, C] table never exists either.
 
-Both kernels compute in float32 with full-precision products (``input_precision="ieee"``, Triton 3.0
-or later) and carry no autograd graph. On a machine without CUDA they run under the Triton
-interpreter when ``TRITON_INTERPRET=1`` is set; kernels are compiled on first use, so setting the
-variable any time before the first call is enough, whenever ``triton`` was imported.
+Both kernels compute in float32 with full-precision products (``input_precision="ieee"``, Triton
+3.0 or later; a GPU run may set ``DOT_PRECISION = "tf32"`` where its error is acceptable), return
+float32 (float64 for float64 inputs) and carry no autograd graph. Without CUDA they run under the
+Triton interpreter, which needs ``TRITON_INTERPRET=1`` in the environment before ``triton`` is
+first imported (Triton reads it when it defines its own library functions). This module imports
+``triton`` only on the first call that needs it, so importing ``bench.kernels`` early is harmless.
 """
 from __future__ import annotations
 
+import importlib
 import math
 import os
 
@@ -29,26 +32,54 @@ from torch.nn import functional as F
 from bench import mixture
 from bench.mixture import DiagonalGaussianMixture
 
-try:
-    import triton
-    import triton.language as tl
-except ImportError:
-    triton = tl = None
+triton = tl = None  # the modules, set by _load_triton; the kernel bodies below read ``tl`` when they run
 
 BLOCK_M = 64
 BLOCK_N = 64
 BLOCK_K = 32
 DOT_PRECISION = "ieee"
 BACKENDS = ("torch", "triton")
+_FIX = "set TRITON_INTERPRET=1 to run Triton kernels on the CPU, or use backend='torch'"
+_jitted: dict[str, object] = {}
 
 
 def _interpret() -> bool:
     return os.environ.get("TRITON_INTERPRET") == "1"
 
 
+def _load_triton() -> bool:
+    """Import triton once and jit the kernels; False when it is not installed."""
+    global triton, tl
+    if triton is None:
+        try:
+            triton, tl = importlib.import_module("triton"), importlib.import_module("triton.language")
+        except ImportError:
+            return False
+        _jitted.update((fn.__name__, triton.jit(fn)) for fn in (_bernoulli_kernel, _mixture_kernel))
+    return True
+
+
+def _unavailable_reason() -> str | None:
+    """Why the triton backend cannot run here, or None when it can."""
+    if not (torch.cuda.is_available() or _interpret()):
+        return "there is no CUDA device and TRITON_INTERPRET is not 1"
+    if not _load_triton():
+        return "triton is not installed"
+    # Triton picks interpreted or compiled functions when it jits them: its own library at import,
+    # these kernels in _load_triton. Both must match the flag now.
+    modes = {_interpret(), *(type(f).__name__ == "InterpretedFunction" for f in (tl.zeros, *_jitted.values()))}
+    if len(modes) > 1:
+        return ("TRITON_INTERPRET changed after triton was imported, and Triton reads it at import: set it in the "
+                "environment before Python starts (tox does)")
+    return None
+
+
 def triton_available() -> bool:
-    """True when Triton imports and can run here: a CUDA device, or ``TRITON_INTERPRET=1`` (CPU)."""
-    return triton is not None and (torch.cuda.is_available() or _interpret())
+    """True when Triton imports and can run here: a CUDA device, or ``TRITON_INTERPRET=1`` (CPU).
+
+    Imports ``triton`` only when one of the two holds.
+    """
+    return _unavailable_reason() is None
 
 
 def _check_backend(backend: str, *tensors: torch.Tensor) -> None:
@@ -56,24 +87,11 @@ def _check_backend(backend: str, *tensors: torch.Tensor) -> None:
         raise ValueError(f"unknown backend {backend!r}: use 'torch' or 'triton'")
     if backend == "torch":
         return
-    if not triton_available():
-        reason = "triton is not installed" if triton is None else "there is no CUDA device"
-        raise RuntimeError(f"the triton backend cannot run here ({reason}): set TRITON_INTERPRET=1 to run "
-                           "Triton kernels on the CPU, or use backend='torch'")
+    reason = _unavailable_reason()
+    if reason is not None:
+        raise RuntimeError(f"the triton backend cannot run here ({reason}): {_FIX}")
     if not _interpret() and any(t.device.type != "cuda" for t in tensors):
-        raise RuntimeError("the triton backend needs CUDA tensors: move them to the GPU, set TRITON_INTERPRET=1 "
-                           "to run Triton kernels on the CPU, or use backend='torch'")
-
-
-_compiled: dict[tuple[str, bool], object] = {}
-
-
-def _kernel(fn):
-    """``triton.jit(fn)``, made on first use and once per interpreter setting (read at jit time)."""
-    key = (fn.__name__, _interpret())
-    if key not in _compiled:
-        _compiled[key] = triton.jit(fn)
-    return _compiled[key]
+        raise RuntimeError(f"the triton backend needs CUDA tensors: move them to the GPU, or {_FIX}")
 
 
 def _bernoulli_kernel(h_ptr, w_ptr, bias_ptr, x_ptr, out_ptr, M, B, D, H,
@@ -146,7 +164,7 @@ def bernoulli_log_lik(h: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor,
     """sum_j x_bj l_kbj - softplus(l_kbj) with l = h W^T + bias: the Bernoulli log-likelihood, [K, B].
 
     h [K, B, H] decoder features, weight [D, H], bias [D], x [B, D]. ``torch`` materialises the
-    logits; ``triton`` never does (float32, result in h's dtype, no gradient).
+    logits; ``triton`` never does (computed in float32, no gradient).
     """
     _check_backend(backend, h, weight, bias, x)
     if backend == "torch":
@@ -158,11 +176,11 @@ def bernoulli_log_lik(h: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor,
     out = torch.empty(k * b, dtype=torch.float32, device=h.device)
     if out.numel():
         w, x32 = weight.detach().float(), x.detach().float()
-        _kernel(_bernoulli_kernel)[(triton.cdiv(k * b, BLOCK_M),)](
+        _jitted["_bernoulli_kernel"][(triton.cdiv(k * b, BLOCK_M),)](
             rows, w, bias.detach().float().contiguous(), x32, out, k * b, b, n_pixels, n_hidden,
             rows.stride(0), rows.stride(1), w.stride(0), w.stride(1), x32.stride(0), x32.stride(1),
             BLOCK_M=BLOCK_M, BLOCK_N=BLOCK_N, BLOCK_K=BLOCK_K, PRECISION=DOT_PRECISION)
-    return out.reshape(k, b).to(h.dtype)
+    return out.reshape(k, b).to(torch.promote_types(h.dtype, torch.float32))
 
 
 def mixture_log_prob(z: torch.Tensor, loc: torch.Tensor, scale: torch.Tensor, log_mix: torch.Tensor,
@@ -170,7 +188,7 @@ def mixture_log_prob(z: torch.Tensor, loc: torch.Tensor, scale: torch.Tensor, lo
     """log sum_c exp(log_mix_c + log N(z; loc_c, diag scale_c^2)): z [..., d], loc/scale [C, d], log_mix [C] -> [...].
 
     ``torch`` is ``bench.mixture.mixture_log_prob``; ``triton`` never forms the [S, C] table
-    (float32, result in z's dtype, no gradient).
+    (computed in float32, no gradient).
     """
     _check_backend(backend, z, loc, scale, log_mix)
     if backend == "torch":
@@ -185,11 +203,11 @@ def mixture_log_prob(z: torch.Tensor, loc: torch.Tensor, scale: torch.Tensor, lo
     flat = z.detach().reshape(-1, dim).float()
     out = torch.empty(flat.shape[0], dtype=torch.float32, device=z.device)
     if out.numel():
-        _kernel(_mixture_kernel)[(triton.cdiv(flat.shape[0], BLOCK_M),)](
+        _jitted["_mixture_kernel"][(triton.cdiv(flat.shape[0], BLOCK_M),)](
             flat, quadratic, linear, const, out, flat.shape[0], n_components, dim,
             flat.stride(0), flat.stride(1), quadratic.stride(0), quadratic.stride(1),
             BLOCK_M=BLOCK_M, BLOCK_N=BLOCK_N, BLOCK_K=BLOCK_K, PRECISION=DOT_PRECISION)
-    return out.reshape(z.shape[:-1]).to(z.dtype)
+    return out.reshape(z.shape[:-1]).to(torch.promote_types(z.dtype, torch.float32))
 
 
 def supports_fused(model: object) -> bool:

@@ -40,23 +40,46 @@ def _save_progress(path: Path | None, key: str, done: dict) -> None:
 
 
 def per_example_bounds(model, x: torch.Tensor, ks: tuple[int, ...], seed: int, batch_size: int = 100,
-                       chunk_size: int | None = None, name: str = "model",
-                       progress_path: Path | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+                       chunk_size: int | None = None, name: str = "model", progress_path: Path | None = None,
+                       backend: str = "torch") -> tuple[torch.Tensor, torch.Tensor]:
     """Bounds and their Monte Carlo variances, each [len(ks), N], for every row of x in batches of
     ``batch_size`` (see ``iwae_bounds``). With ``progress_path`` each finished batch is stored and a
-    later call with the same arguments resumes where it stopped, giving the same numbers."""
-    key = f"{name}|{ks}|{seed}|{len(x)}|{batch_size}"
+    later call with the same arguments resumes where it stopped, giving the same numbers; the file
+    is removed once every batch is done.
+
+    Under ``torch.distributed`` (e.g. launched by ``torchrun``) rank r takes batches r, r + W, ...
+    and every rank receives all results: the same batches with the same per-example seeds, hence
+    exactly the numbers of a single process."""
+    rank, world = distributed_rank_world()
+    key = f"{name}|{ks}|{seed}|{len(x)}|{batch_size}|{rank}/{world}|{backend}"
+    if progress_path is not None and world > 1:
+        progress_path = progress_path.with_name(f"{progress_path.stem}.rank{rank}of{world}.pt")
     done = _load_progress(progress_path, key)
-    for start in tqdm(range(0, len(x), batch_size), desc=f"{name} L_{max(ks)}", unit="batch", disable=None):
+    mine = range(rank * batch_size, len(x), world * batch_size)
+    for start in tqdm(mine, desc=f"{name} L_{max(ks)}", unit="batch", disable=None if rank == 0 else True):
         if start in done:
             continue
         xb = x[start:start + batch_size]
         index = torch.arange(start, start + len(xb))
-        bounds, var = iwae_bounds(model, xb, ks, chunk_size, seed=seed, index=index, name=name, with_variance=True)
+        bounds, var = iwae_bounds(model, xb, ks, chunk_size, seed=seed, index=index, name=name, with_variance=True,
+                                  backend=backend)
         done[start] = torch.stack([bounds.double().cpu(), var.cpu()])
         _save_progress(progress_path, key, done)
+    if progress_path is not None:
+        progress_path.unlink(missing_ok=True)
+    if world > 1:
+        gathered = [None] * world
+        torch.distributed.all_gather_object(gathered, done)
+        done = {start: part for shard in gathered for start, part in shard.items()}
     both = torch.cat([done[s] for s in sorted(done)], dim=2)
     return both[0], both[1]
+
+
+def distributed_rank_world() -> tuple[int, int]:
+    """(rank, world size) of the initialised ``torch.distributed`` group, else (0, 1)."""
+    if torch.distributed.is_available() and torch.distributed.is_initialized():
+        return torch.distributed.get_rank(), torch.distributed.get_world_size()
+    return 0, 1
 
 
 def _mean_se(values: torch.Tensor) -> tuple[float, float]:
@@ -67,13 +90,14 @@ def _mean_se(values: torch.Tensor) -> tuple[float, float]:
 def evaluate(model, dataset: Dataset, k: int = 5000, *, n_test: int | None = None, seed: int = 0,
              batch_size: int = 100, chunk_size: int | None = None, device: str | torch.device = "cpu",
              surgery: bool = True, surgery_samples: int | None = None, name: str = "model",
-             progress_path: Path | None = None) -> tuple[dict, dict[str, torch.Tensor]]:
+             progress_path: Path | None = None, backend: str = "torch") -> tuple[dict, dict[str, torch.Tensor]]:
     """Run the protocol; returns (record, per-example values).
 
     record: log_likelihood (= L_k) with its standard error over test points (``_se``) and its Monte
     Carlo standard error for these test points (``_mc_se``), elbo and its standard error, elbo_gap
     (L_k - ELBO), L_m for m in (1, 5, 50, 500, 5000) up to k, active units, the ELBO-surgery terms,
-    n_test, seed, device, torch version, wall time. Per-example: ``L_k`` and ``elbo`` [n_test].
+    n_test, seed, device, log-weight backend (``torch`` reference or fused ``triton``), torch
+    version, wall time. Per-example: ``L_k`` and ``elbo`` [n_test].
     Seeded: the same call gives the same numbers whatever ``batch_size`` and ``chunk_size``.
     """
     if k < 1:
@@ -89,7 +113,7 @@ def evaluate(model, dataset: Dataset, k: int = 5000, *, n_test: int | None = Non
     x = dataset.test[:n_test].to(device)
     check_binary(x, f"{dataset.name} test split")
     ks = tuple(m for m in LADDER if m < k and k % m == 0) + (k,)
-    bounds, mc_var = per_example_bounds(model, x, ks, seed, batch_size, chunk_size, name, progress_path)
+    bounds, mc_var = per_example_bounds(model, x, ks, seed, batch_size, chunk_size, name, progress_path, backend)
     with torch.no_grad():
         elbos = torch.cat([elbo(model, x[i:i + batch_size], seed=seed, index=torch.arange(i, min(i + batch_size, n_test)))
                            for i in range(0, n_test, batch_size)]).cpu()
@@ -112,6 +136,7 @@ def evaluate(model, dataset: Dataset, k: int = 5000, *, n_test: int | None = Non
             record.update(elbo_surgery(model, dataset.train.to(device), n_samples=surgery_samples, seed=seed))
         except TypeError as err:
             record["surgery_note"] = str(err).split(";")[0]
-    record.update({"device": str(device), "torch": str(torch.__version__), "protocol_version": PROTOCOL_VERSION,
+    record.update({"device": str(device), "backend": backend, "torch": str(torch.__version__),
+                   "protocol_version": PROTOCOL_VERSION,
                    "wall_time_s": time.perf_counter() - started})
     return record, {f"L_{k}": bounds[-1], "elbo": elbos}

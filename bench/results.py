@@ -15,6 +15,10 @@ import pandas as pd
 import torch
 
 
+class ResultsError(RuntimeError):
+    """A stored result file is unreadable; the message names it."""
+
+
 def atomic_write_text(path: Path, text: str) -> None:
     """Write ``text`` to ``path`` via a temporary file and a rename."""
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -65,7 +69,12 @@ def save_record(out: Path, name: str, key: dict, record: dict, per_example: dict
 
 def all_records(out: Path) -> pd.DataFrame:
     """Every stored record as one tidy frame, a row per model."""
-    rows = [json.loads(p.read_text())["record"] for p in sorted((out / "records").glob("*.json"))]
+    rows = []
+    for path in sorted((out / "records").glob("*.json")):
+        try:
+            rows.append(json.loads(path.read_text())["record"])
+        except (json.JSONDecodeError, KeyError, TypeError):
+            raise ResultsError(f"{path} is not a stored record; delete it (or restore it with git) and rerun") from None
     return pd.DataFrame(rows)
 
 

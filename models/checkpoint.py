@@ -34,6 +34,9 @@ def load_state(path: Path) -> dict:
     """Load a checkpoint without executing code; clear errors for missing, corrupt or unsafe files."""
     if not path.is_file():
         raise CheckpointError(f"checkpoint {path} does not exist: train it with `python run_bench.py train NAME`")
+    if not zipfile.is_zipfile(path):
+        raise CheckpointError(f"checkpoint {path} is truncated or corrupt (not a torch zip archive); delete it "
+                              "and retrain, or restore it with `git checkout -- <path>`")
     try:
         return torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as err:

@@ -1,0 +1,161 @@
+"""The Triton kernels of ``bench.kernels`` against plain PyTorch references computed in float64.
+
+Without a GPU the kernels run under the Triton interpreter, which Triton enables only if
+``TRITON_INTERPRET=1`` is set before ``triton`` is first imported. The ``setdefault`` below does that
+when this module is the first to need Triton (``bench.kernels`` imports it only on first use, so
+importing ``bench.kernels`` elsewhere is harmless); tox sets it for the whole run anyway. If
+something imported ``triton`` earlier without it, the module is skipped and the reason says so.
+The flag stays set for the rest of the pytest process; nothing else in the suite uses Triton.
+
+Tolerance: 1e-3 nats per row. With extreme logits (|l| ~ 50..200, D = 784) a row's log-likelihood
+is ~ -4e4 nats, where one float32 ulp is already 4e-3 nats: those cases allow 1e-6 relative on top.
+"""
+import os
+
+os.environ.setdefault("TRITON_INTERPRET", "1")
+
+import math  # noqa: E402
+
+import pytest  # noqa: E402
+import torch  # noqa: E402
+from hypothesis import given, settings, strategies as st  # noqa: E402
+from torch.distributions import Bernoulli, Categorical, Independent, MixtureSameFamily, Normal  # noqa: E402
+
+from bench import kernels  # noqa: E402
+from bench.kernels import bernoulli_log_lik, fused_log_weights, mixture_log_prob, supports_fused  # noqa: E402
+from models.vae import ModelConfig, build_model  # noqa: E402
+from tests.closed_form import PPCA  # noqa: E402
+
+UNAVAILABLE = kernels._unavailable_reason()
+pytestmark = pytest.mark.skipif(UNAVAILABLE is not None, reason=f"the triton backend cannot run: {UNAVAILABLE}")
+
+ATOL = 1e-3
+
+
+def decoder_case(k: int, b: int, h: int, d: int, logit_scale: float, seed: int):
+    """Features [k, b, h], weight [d, h], bias [d], binary x [b, d]; logits have std ~ logit_scale."""
+    gen = torch.Generator().manual_seed(seed)
+    features = torch.randn(k, b, h, generator=gen)
+    weight = torch.randn(d, h, generator=gen) * (logit_scale / math.sqrt(h))
+    bias = torch.randn(d, generator=gen)
+    x = (torch.rand(b, d, generator=gen) < 0.5).float()
+    return features, weight, bias, x
+
+
+def check_bernoulli(k: int, b: int, h: int, d: int, logit_scale: float = 3.0, seed: int = 0, rtol: float = 0.0):
+    features, weight, bias, x = decoder_case(k, b, h, d, logit_scale, seed)
+    got = bernoulli_log_lik(features, weight, bias, x, backend="triton")
+    want = bernoulli_log_lik(features.double(), weight.double(), bias.double(), x.double(), backend="torch")
+    assert got.shape == (k, b) and got.dtype == torch.float32
+    error = (got.double() - want).abs()
+    assert (error <= ATOL + rtol * want.abs()).all(), f"max error {error.max().item():.3g} nats"
+
+
+@pytest.mark.parametrize("k, b, h, d", [
+    (3, 5, 300, 784),  # the MNIST decoder head: D, H not multiples of the blocks
+    (2, 67, 300, 784),  # K*B = 134: three row blocks, the last partial
+    (7, 11, 33, 130),
+    (1, 1, 17, 5),
+    (1, 3, 1, 1),
+    (4, 16, 64, 128),  # exact multiples of the blocks
+])
+def test_bernoulli_kernel_matches_float64(k, b, h, d):
+    check_bernoulli(k, b, h, d)
+
+
+@pytest.mark.parametrize("k, b, h, d", [(3, 5, 300, 784), (2, 9, 17, 784), (4, 4, 64, 5)])
+def test_bernoulli_kernel_extreme_logits(k, b, h, d):
+    """|l| ~ 50..200: a naive log(1 + exp(l)) overflows in float32; the stable softplus does not."""
+    check_bernoulli(k, b, h, d, logit_scale=125.0, rtol=1e-6)
+
+
+@settings(max_examples=8, deadline=None)
+@given(k=st.integers(1, 4), b=st.integers(1, 9), h=st.integers(1, 80), d=st.integers(1, 200),
+       logit_scale=st.sampled_from([0.1, 3.0, 30.0]), seed=st.integers(0, 2**16))
+def test_bernoulli_kernel_random_shapes(k, b, h, d, logit_scale, seed):
+    check_bernoulli(k, b, h, d, logit_scale, seed)
+
+
+def test_bernoulli_torch_backend_is_bernoulli_log_prob():
+    features, weight, bias, x = (t.double() for t in decoder_case(3, 4, 20, 30, 3.0, 1))
+    want = Independent(Bernoulli(logits=features @ weight.T + bias), 1).log_prob(x)
+    torch.testing.assert_close(bernoulli_log_lik(features, weight, bias, x), want)
+
+
+def test_bernoulli_kernel_strided_inputs():
+    """Non-contiguous features, a transposed weight and a column slice of x go through their strides."""
+    features, weight, bias, x = decoder_case(3, 6, 40, 50, 3.0, 2)
+    wide_x = torch.cat([x, 1 - x], dim=1)
+    got = bernoulli_log_lik(features.transpose(0, 1).contiguous().transpose(0, 1), weight.T.contiguous().T, bias,
+                            wide_x[:, :50], backend="triton")
+    torch.testing.assert_close(got, bernoulli_log_lik(features, weight, bias, x), rtol=0, atol=ATOL)
+
+
+def mixture_case(c: int, d: int, seed: int, shape=(3, 7)):
+    gen = torch.Generator().manual_seed(seed)
+    z = 1.5 * torch.randn(*shape, d, generator=gen)
+    loc = torch.randn(c, d, generator=gen)
+    scale = 0.5 + torch.rand(c, d, generator=gen)
+    log_mix = torch.log_softmax(torch.randn(c, generator=gen), dim=0)
+    return z, loc, scale, log_mix
+
+
+@pytest.mark.parametrize("c", [1, 500, 513])
+@pytest.mark.parametrize("d", [1, 40, 50])
+def test_mixture_kernel_matches_references(c, d):
+    z, loc, scale, log_mix = mixture_case(c, d, seed=c + d)
+    got = mixture_log_prob(z, loc, scale, log_mix, backend="triton")
+    assert got.shape == z.shape[:-1] and got.dtype == torch.float32
+    torch.testing.assert_close(got, mixture_log_prob(z, loc, scale, log_mix, backend="torch"), rtol=0, atol=ATOL)
+    exact = MixtureSameFamily(Categorical(logits=log_mix.double()),
+                              Independent(Normal(loc.double(), scale.double()), 1)).log_prob(z.double())
+    torch.testing.assert_close(got.double(), exact, rtol=0, atol=ATOL)
+
+
+def test_mixture_kernel_many_rows_and_zero_weight_components():
+    """S = 70 rows (two row blocks); the first 64 components, a whole tile, have weight exp(-inf) = 0."""
+    z, loc, scale, log_mix = mixture_case(130, 6, seed=5, shape=(70,))
+    log_mix[:64] = -math.inf
+    got = mixture_log_prob(z, loc, scale, log_mix, backend="triton")
+    want = mixture_log_prob(z.double(), loc.double(), scale.double(), log_mix.double(), backend="torch")
+    assert torch.isfinite(got).all()
+    torch.testing.assert_close(got.double(), want, rtol=0, atol=ATOL)
+
+
+@pytest.mark.parametrize("prior", ["standard", "mog", "vamp"])
+@pytest.mark.parametrize("levels", [1, 2])
+def test_fused_log_weights_match_plain_path(prior, levels):
+    torch.manual_seed(0)
+    config = ModelConfig(x_dim=784, z_dim=4, hidden=32, depth=2, net="gated", prior=prior, n_components=7,
+                         levels=levels)
+    model = build_model(config).eval()
+    x = (torch.rand(5, 784) < 0.3).float()
+    with torch.no_grad():
+        q, p = model.posterior(x), model.prior()
+        z = q.sample((3,))
+        plain = model.likelihood(z).log_prob(x) + p.log_prob(z) - q.log_prob(z)
+        assert supports_fused(model)
+        for backend in ("torch", "triton"):
+            torch.testing.assert_close(fused_log_weights(model, q, p, z, x, backend), plain, rtol=0, atol=ATOL)
+
+
+def test_fused_log_weights_fall_back_for_other_models():
+    model = PPCA()
+    x = model.sample_x(4)
+    q, p = model.posterior(x), model.prior()
+    z = q.sample((2,))
+    assert not supports_fused(model)
+    plain = model.likelihood(z).log_prob(x) + p.log_prob(z) - q.log_prob(z)
+    torch.testing.assert_close(fused_log_weights(model, q, p, z, x, "triton"), plain)
+
+
+def test_unavailable_triton_names_the_fix(monkeypatch):
+    monkeypatch.setenv("TRITON_INTERPRET", "0")
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    assert not kernels.triton_available()
+    features, weight, bias, x = decoder_case(1, 2, 3, 4, 1.0, 0)
+    with pytest.raises(RuntimeError, match="TRITON_INTERPRET=1"):
+        bernoulli_log_lik(features, weight, bias, x, backend="triton")
+    assert bernoulli_log_lik(features, weight, bias, x).shape == (1, 2)
+    with pytest.raises(ValueError, match="unknown backend"):
+        bernoulli_log_lik(features, weight, bias, x, backend="cuda")

@@ -1,0 +1,187 @@
+"""Bad input gives a clear error and a non-zero exit; interruptions and reruns give the same numbers."""
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from dataclasses import replace
+from pathlib import Path
+
+import pandas as pd
+import pytest
+import torch
+
+from bench.data import load_dataset
+from models import registry
+from models.checkpoint import CheckpointError, atomic_save, load_state
+from models.train import TrainConfig, train
+from models.vae import ModelConfig, build_model
+
+ROOT = Path(__file__).resolve().parent.parent
+TINY = "digits-vampprior"  # a committed checkpoint on a dataset that needs no files
+
+
+def run_bench(*args: str, timeout: float = 300) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, str(ROOT / "run_bench.py"), *args], capture_output=True, text=True,
+                          timeout=timeout, cwd=ROOT)
+
+
+# --- registry and checkpoints ------------------------------------------------------------------
+
+def test_unknown_model_suggests_close_names():
+    with pytest.raises(KeyError, match="did you mean digits-vampprior"):
+        registry.get("digits-vampprio")
+    result = run_bench("eval", "vae-vamprior")
+    assert result.returncode == 2
+    assert "unknown model 'vae-vamprior'; did you mean vae-vampprior" in result.stderr
+
+
+def test_checkpoint_with_wrong_shapes_is_refused(tmp_path, monkeypatch):
+    entry = registry.get(TINY)
+    other = build_model(replace(entry.model, hidden=8))
+    fake = tmp_path / f"{TINY}.pt"
+    atomic_save({"model": other.state_dict(), "meta": {}}, fake)
+    monkeypatch.setattr(registry, "CHECKPOINTS", tmp_path)
+    with pytest.raises(CheckpointError, match=f"does not match registry entry '{TINY}'"):
+        registry.load(entry)
+
+
+def test_truncated_checkpoint_is_a_clear_error(tmp_path):
+    good = registry.get(TINY).checkpoint.read_bytes()
+    path = tmp_path / "cut.pt"
+    path.write_bytes(good[: len(good) // 2])
+    with pytest.raises(CheckpointError, match="truncated or corrupt"):
+        load_state(path)
+    path.write_bytes(b"not a checkpoint at all")
+    with pytest.raises(CheckpointError, match="truncated or corrupt"):
+        load_state(path)
+    with pytest.raises(CheckpointError, match="does not exist"):
+        load_state(tmp_path / "missing.pt")
+
+
+class _Exploit:
+    def __init__(self, marker):
+        self.marker = marker
+
+    def __reduce__(self):
+        return (os.system, (f"touch {self.marker}",))
+
+
+def test_checkpoint_that_runs_code_is_refused_without_running_it(tmp_path):
+    marker = tmp_path / "pwned"
+    path = tmp_path / "evil.pt"
+    torch.save({"model": {}, "payload": _Exploit(marker)}, path)
+    with pytest.raises(CheckpointError, match="refused"):
+        load_state(path)
+    assert not marker.exists()
+
+
+# --- command line ------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("args,message", [
+    (["eval", TINY, "--k", "0"], "--k 0: the number of importance samples must be at least 1"),
+    (["eval", TINY, "--n-test", "301"], "--n-test 301: digits-vampprior's test set (digits) has 300 points"),
+    (["--device", "cuda:7", "eval", TINY], "--device cuda:7: no such CUDA device"),
+    (["--device", "gpu", "eval", TINY], "--device 'gpu' is not a device name"),
+])
+def test_cli_rejects_bad_options(tmp_path, args, message):
+    result = run_bench(*args, "--out", str(tmp_path))
+    assert result.returncode == 2, result.stderr
+    assert message in result.stderr
+    assert "Traceback" not in result.stderr
+
+
+def test_cli_unwritable_output_folder(tmp_path):
+    blocker = tmp_path / "file"
+    blocker.write_text("")
+    result = run_bench("eval", TINY, "--out", str(blocker / "results"))
+    assert result.returncode == 2
+    assert f"output folder {blocker / 'results'} cannot be written" in result.stderr
+
+
+def test_foreign_file_among_records_is_a_clear_error(tmp_path):
+    (tmp_path / "records").mkdir()
+    (tmp_path / "records" / "junk.json").write_text("{}")
+    result = run_bench("report", "--out", str(tmp_path))
+    assert result.returncode == 2
+    assert "junk.json is not a stored record" in result.stderr
+
+
+def test_non_binary_test_data_is_refused():
+    from bench.data import DataError
+    from bench.protocol import evaluate
+
+    data = load_dataset("digits")
+    data.test = data.test * 0.5
+    with pytest.raises(DataError, match="values other than 0 and 1"):
+        evaluate(registry.load(registry.get(TINY)), data, k=2)
+
+
+# --- interruptions and determinism -------------------------------------------------------------
+
+def _values(out: Path) -> pd.DataFrame:
+    frame = pd.read_csv(out / "metrics.csv")
+    return frame.drop(columns=["wall_time_s", "code_version"])
+
+
+def test_killed_evaluation_resumes_to_the_same_numbers(tmp_path):
+    args = ["eval", TINY, "--k", "20000", "--batch-size", "10", "--seed", "4"]
+    reference = tmp_path / "reference"
+    assert run_bench(*args, "--out", str(reference)).returncode == 0
+    out = tmp_path / "interrupted"
+    out.mkdir()
+    previous = out / "metrics.csv"
+    previous.write_text("model,log_likelihood\nearlier,-1.0\n")
+    proc = subprocess.Popen([sys.executable, str(ROOT / "run_bench.py"), *args, "--out", str(out)], cwd=ROOT,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    progress = out / ".cache"
+    deadline = time.time() + 120
+    while time.time() < deadline and not any(progress.glob("*.progress.pt")):
+        time.sleep(0.05)
+    time.sleep(0.5)
+    proc.send_signal(signal.SIGTERM)
+    proc.wait(timeout=60)
+    assert proc.returncode != 0, "the run finished before it could be interrupted"
+    assert previous.read_text() == "model,log_likelihood\nearlier,-1.0\n"  # nothing already written is lost
+    assert not (out / "records").exists()
+    saved = torch.load(next(progress.glob("*.progress.pt")), weights_only=True)
+    assert 0 < len(saved["done"]) < 30  # stopped part-way through the 30 batches
+    assert run_bench(*args, "--out", str(out)).returncode == 0
+    pd.testing.assert_frame_equal(_values(out), _values(reference))
+    ref = pd.read_csv(reference / "per_example" / f"{TINY}.csv.gz")
+    pd.testing.assert_frame_equal(pd.read_csv(out / "per_example" / f"{TINY}.csv.gz"), ref)
+
+
+def test_same_command_same_numbers_and_batch_size_does_not_matter(tmp_path):
+    a, b = tmp_path / "a", tmp_path / "b"
+    assert run_bench("eval", TINY, "--k", "500", "--out", str(a)).returncode == 0
+    assert run_bench("eval", TINY, "--k", "500", "--out", str(b), "--batch-size", "7", "--chunk-size", "50").returncode == 0
+    pd.testing.assert_frame_equal(_values(a), _values(b))
+    per_a = pd.read_csv(a / "per_example" / f"{TINY}.csv.gz")
+    per_b = pd.read_csv(b / "per_example" / f"{TINY}.csv.gz")
+    pd.testing.assert_frame_equal(per_a, per_b)
+    again = run_bench("eval", TINY, "--k", "500", "--out", str(a))
+    assert "unchanged, reusing the stored record" in again.stdout
+
+
+def test_interrupted_training_gives_the_same_weights(tmp_path):
+    data = load_dataset("digits")
+    data.train, data.valid = data.train[:200], data.valid[:50]
+    cfg = TrainConfig(lr=3e-3, batch_size=50, warmup_epochs=2, max_epochs=4, patience=10, seed=5)
+    config = ModelConfig(x_dim=64, z_dim=3, hidden=16, depth=1, prior="vamp", n_components=4)
+
+    def run(folder: Path, steps: list[int]) -> dict:
+        torch.manual_seed(0)
+        model = build_model(config)
+        for n in steps:
+            train(model, data, cfg, folder / "state.pt", folder / "best.pt", {"name": "t"}, max_epochs=n)
+            model = build_model(config)
+        return load_state(folder / "state.pt")
+
+    straight, resumed = run(tmp_path / "a", [4]), run(tmp_path / "b", [1, 2, 1])
+    assert resumed["progress"]["epoch"] == straight["progress"]["epoch"] == 4
+    for name, tensor in straight["model"].items():
+        assert torch.equal(tensor, resumed["model"][name]), name
+    history = json.loads((tmp_path / "b" / "best.json").read_text())["history"]
+    assert [h["epoch"] for h in history] == [1, 2, 3, 4]
