@@ -65,7 +65,7 @@ TANH = ModelConfig(x_dim=784, z_dim=50, hidden=200, depth=2, net="tanh", logvar_
 VAMP_TRAIN = TrainConfig(objective="elbo", k=1, lr=5e-4, batch_size=100, warmup_epochs=100, max_epochs=2000,
                          patience=50, seed=1)
 IWAE_TRAIN = TrainConfig(objective="iwae", k=1, lr=1e-3, batch_size=20, warmup_epochs=0, max_epochs=3280,
-                         patience=3280, seed=123)
+                         patience=3280, seed=123, adam_eps=1e-4, lr_schedule="burda")
 TINY = ModelConfig(x_dim=64, z_dim=4, hidden=32, depth=2, net="gated", n_components=20)
 TINY_TRAIN = TrainConfig(lr=3e-3, batch_size=50, warmup_epochs=5, max_epochs=40, patience=10, seed=0)
 

@@ -33,6 +33,22 @@ class TrainConfig:
     max_epochs: int = 2000
     patience: int = 50
     seed: int = 1
+    adam_eps: float = 1e-8
+    lr_schedule: str = "constant"  # constant, or burda: 3^(i-1) epochs at lr * round(10^(-(i-1)/7), 1)
+
+
+def learning_rate(cfg: TrainConfig, epoch: int) -> float:
+    """The learning rate of 0-based ``epoch``: constant, or the IWAE paper's staged decay, where
+    stage i = 1, 2, ... lasts 3^(i-1) epochs at lr * round(10^(1 - (i-1)/7), 1) / 10."""
+    if cfg.lr_schedule == "constant":
+        return cfg.lr
+    if cfg.lr_schedule != "burda":
+        raise ValueError(f"unknown lr_schedule {cfg.lr_schedule!r}: use constant or burda")
+    stage, first = 1, 0
+    while epoch >= first + 3 ** (stage - 1):
+        first += 3 ** (stage - 1)
+        stage += 1
+    return cfg.lr * round(10 ** (1 - (stage - 1) / 7), 1) / 10
 
 
 def objective(model, x: torch.Tensor, k: int, beta: float, kind: str = "iwae") -> torch.Tensor:
@@ -78,7 +94,7 @@ def train(model: torch.nn.Module, data: Dataset, cfg: TrainConfig, state_path: P
     not a run was interrupted between epochs.
     """
     model.to(device)
-    opt = torch.optim.Adam(model.parameters(), lr=cfg.lr)
+    opt = torch.optim.Adam(model.parameters(), lr=cfg.lr, eps=cfg.adam_eps)
     gen = torch.Generator().manual_seed(cfg.seed)
     torch.manual_seed(cfg.seed)
     st = {"epoch": 0, "best": -math.inf, "since_best": 0, "history": [], "wall_time": 0.0, "done": False}
@@ -100,6 +116,8 @@ def train(model: torch.nn.Module, data: Dataset, cfg: TrainConfig, state_path: P
             break
         start = time.perf_counter()
         beta = min(1.0, (epoch + 1) / cfg.warmup_epochs) if cfg.warmup_epochs > 0 else 1.0
+        for group in opt.param_groups:
+            group["lr"] = learning_rate(cfg, epoch)
         x_all = data.training_epoch_data(gen)
         order = torch.randperm(len(x_all), generator=gen)
         total = 0.0
@@ -116,7 +134,8 @@ def train(model: torch.nn.Module, data: Dataset, cfg: TrainConfig, state_path: P
                                      "lower the learning rate or check the data")
         st["epoch"] = epoch + 1
         st["wall_time"] += time.perf_counter() - start
-        st["history"].append({"epoch": epoch + 1, "beta": beta, "train_objective": total / len(order),
+        st["history"].append({"epoch": epoch + 1, "beta": beta, "lr": learning_rate(cfg, epoch),
+                              "train_objective": total / len(order),
                               "valid_elbo": val, "seconds": time.perf_counter() - start})
         if val > st["best"]:
             st["best"], st["since_best"] = val, 0
