@@ -230,7 +230,7 @@ def compare_with_baseline(records: list[dict], baseline: "pd.DataFrame") -> "pd.
 def cmd_check(args: argparse.Namespace) -> int:
     import pandas as pd
 
-    from bench.results import atomic_write_text
+    from bench.files import atomic_write_text
 
     records = evaluate_entries(_trained(args.names), args, Path(args.out),
                                k=args.k, n_test=args.n_test, surgery_samples=args.surgery_samples, reuse=False,

@@ -23,6 +23,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from bench.files import atomic_path
+
 AMAT_URL = "http://www.cs.toronto.edu/~larocheh/public/datasets/binarized_mnist/binarized_mnist_{split}.amat"
 AMAT_SPLITS = {"train": 50_000, "valid": 10_000, "test": 10_000}
 IDX_FILES = ["train-images-idx3-ubyte", "train-labels-idx1-ubyte", "t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte"]
@@ -131,10 +133,8 @@ def _cached_amat(path: Path) -> torch.Tensor:
         except (RuntimeError, EOFError, OSError):
             cached.unlink(missing_ok=True)
     x = parse_amat(path)
-    cached.parent.mkdir(parents=True, exist_ok=True)
-    tmp = cached.with_suffix(f".tmp{os.getpid()}")
-    torch.save(x.to(torch.uint8), tmp)
-    tmp.replace(cached)
+    with atomic_path(cached) as tmp:
+        torch.save(x.to(torch.uint8), tmp)
     return x
 
 

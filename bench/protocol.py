@@ -17,6 +17,7 @@ from tqdm import tqdm
 
 from bench.data import Dataset, check_binary
 from bench.estimators import elbo, iwae_bounds
+from bench.files import atomic_path
 from bench.metrics import active_units, elbo_surgery
 
 PROTOCOL_VERSION = 1
@@ -33,10 +34,8 @@ def _load_progress(path: Path | None, key: str) -> dict:
 def _save_progress(path: Path | None, key: str, done: dict) -> None:
     if path is None:
         return
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    torch.save({"key": key, "done": done}, tmp)
-    tmp.replace(path)
+    with atomic_path(path) as tmp:
+        torch.save({"key": key, "done": done}, tmp)
 
 
 def per_example_bounds(model, x: torch.Tensor, ks: tuple[int, ...], seed: int, batch_size: int = 100,

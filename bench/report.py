@@ -15,7 +15,7 @@ import torch  # noqa: E402
 from torchvision.utils import make_grid, save_image  # noqa: E402
 
 from bench.metrics import qew_samples  # noqa: E402
-from bench.results import atomic_write_text  # noqa: E402
+from bench.files import atomic_path, atomic_write_text  # noqa: E402
 
 
 def _published(entry, metric: str) -> float:
@@ -95,10 +95,9 @@ def write_tables(records: pd.DataFrame, entries: dict, out: Path) -> Path:
 
 
 def _save(fig, path: Path) -> None:
-    tmp = path.with_name(f".{path.stem}.tmp.png")
-    fig.savefig(tmp, dpi=110, bbox_inches="tight")
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, dpi=110, bbox_inches="tight")
     plt.close(fig)
-    tmp.replace(path)
 
 
 def plot_bounds(records: pd.DataFrame, out: Path) -> None:
@@ -144,17 +143,19 @@ def image_grids(name: str, model, data, out: Path, seed: int = 0) -> None:
     """Samples from p(x) and test reconstructions (Bernoulli means), plus VampPrior pseudo-inputs."""
     torch.manual_seed(seed)
     folder = out / "images"
-    folder.mkdir(parents=True, exist_ok=True)
     h, w = data.image_shape
     z = model.prior().sample((64,))
-    save_image(model.likelihood(z).mean.reshape(-1, 1, h, w), folder / f"{name}_samples.png", nrow=8)
+    with atomic_path(folder / f"{name}_samples.png") as tmp:
+        save_image(model.likelihood(z).mean.reshape(-1, 1, h, w), tmp, nrow=8)
     x = data.test[:32]
     recon = model.likelihood(model.posterior(x).mean).mean
     pairs = torch.stack([x, recon], 1).reshape(-1, 1, h, w)
-    save_image(make_grid(pairs, nrow=16), folder / f"{name}_reconstructions.png")
+    with atomic_path(folder / f"{name}_reconstructions.png") as tmp:
+        save_image(make_grid(pairs, nrow=16), tmp)
     pseudo = getattr(model.prior_net, "pseudo_inputs", None)
     if pseudo is not None:
-        save_image(pseudo[:100].reshape(-1, 1, h, w), folder / f"{name}_pseudo_inputs.png", nrow=10)
+        with atomic_path(folder / f"{name}_pseudo_inputs.png") as tmp:
+            save_image(pseudo[:100].reshape(-1, 1, h, w), tmp, nrow=10)
 
 
 @torch.no_grad()

@@ -14,17 +14,11 @@ from pathlib import Path
 import pandas as pd
 import torch
 
+from bench.files import atomic_path, atomic_write_text
+
 
 class ResultsError(RuntimeError):
     """A stored result file is unreadable; the message names it."""
-
-
-def atomic_write_text(path: Path, text: str) -> None:
-    """Write ``text`` to ``path`` via a temporary file and a rename."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    tmp.write_text(text)
-    tmp.replace(path)
 
 
 def check_writable(folder: Path) -> None:
@@ -59,11 +53,8 @@ def save_record(out: Path, name: str, key: dict, record: dict, per_example: dict
             raise FloatingPointError(f"model {name}: an infinite metric would reach the CSV; not stored")
     frame = pd.DataFrame({k: v.double().numpy() for k, v in per_example.items()})
     frame.index.name = "test_index"
-    per_example_path = out / "per_example" / f"{name}.csv.gz"
-    per_example_path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = per_example_path.with_name(f".{per_example_path.name}.tmp{os.getpid()}")
-    frame.to_csv(tmp, compression={"method": "gzip", "mtime": 0}, float_format="%.6f")
-    tmp.replace(per_example_path)
+    with atomic_path(out / "per_example" / f"{name}.csv.gz") as tmp:
+        frame.to_csv(tmp, compression={"method": "gzip", "mtime": 0}, float_format="%.6f")
     atomic_write_text(record_path(out, name), json.dumps({"key": key, "record": record}, indent=1) + "\n")
 
 

@@ -2,12 +2,13 @@
 from __future__ import annotations
 
 import json
-import os
 import pickle
 import zipfile
 from pathlib import Path
 
 import torch
+
+from bench.files import atomic_path, atomic_write_text
 
 
 class CheckpointError(RuntimeError):
@@ -15,19 +16,14 @@ class CheckpointError(RuntimeError):
 
 
 def atomic_save(obj: dict, path: Path) -> None:
-    """``torch.save`` to a temporary file in the same folder, then rename over ``path``."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    torch.save(obj, tmp)
-    tmp.replace(path)
+    """``torch.save`` atomically (temporary file, then rename)."""
+    with atomic_path(path) as tmp:
+        torch.save(obj, tmp)
 
 
 def atomic_write_json(obj: dict, path: Path) -> None:
-    """Write JSON to a temporary file, then rename over ``path``."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    tmp.write_text(json.dumps(obj, indent=1, default=float) + "\n")
-    tmp.replace(path)
+    """Write JSON atomically."""
+    atomic_write_text(path, json.dumps(obj, indent=1, default=float) + "\n")
 
 
 def load_state(path: Path) -> dict:
