@@ -317,6 +317,9 @@ def main(argv: list[str]) -> int:
 
     try:
         return args.func(args)
+    except KeyboardInterrupt:
+        print("interrupted: finished work is saved; run the same command to resume", file=sys.stderr)
+        return 130
     except (UsageError, DataError, CheckpointError, ResultsError, KeyError, PermissionError,
             FloatingPointError) as err:
         message = err.args[0] if isinstance(err, KeyError) else str(err)

@@ -92,6 +92,13 @@ def log_weights(model, x: torch.Tensor, k: int, *, seed: int | None = None, inde
     return weighted_samples(model, x, k, seed=seed, index=index, start=start, q=q, prior=prior, backend=backend)[1]
 
 
+def memory_budget(device: torch.device) -> int:
+    """Bytes a chunk may use by default: a quarter of the free memory of a CUDA device, else 256 MiB."""
+    if device.type == "cuda":
+        return torch.cuda.mem_get_info(device)[0] // 4
+    return DEFAULT_MEMORY_BYTES
+
+
 def default_chunk_size(batch: int, dim_x: int, memory_bytes: int = DEFAULT_MEMORY_BYTES) -> int:
     """Samples per chunk so that about 4 float32 [chunk, batch, dim_x] tensors fit in ``memory_bytes``."""
     return max(1, memory_bytes // (16 * batch * max(dim_x, 1)))
@@ -100,16 +107,20 @@ def default_chunk_size(batch: int, dim_x: int, memory_bytes: int = DEFAULT_MEMOR
 @torch.no_grad()
 def iwae_bounds(model, x: torch.Tensor, ks: tuple[int, ...], chunk_size: int | None = None, *,
                 seed: int | None = None, index: torch.Tensor | None = None, name: str | None = None,
-                with_variance: bool = False, backend: str = "torch") -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
+                with_variance: bool = False, backend: str = "torch", memory_bytes: int | None = None,
+                prior: Distribution | None = None) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
     """L_m for every m in ``ks`` from one set of K = max(ks) samples per example: [len(ks), B] nats.
 
     L_K = log (1/K) sum_k w_k; each smaller m must divide K, and L_m is the average of the bound
     over the K/m disjoint groups of m consecutive samples (an unbiased estimate of E L_m with less
-    variance than one group). Samples are drawn in chunks of ``chunk_size`` (default: a 256 MiB
-    budget, rounded to a multiple of every smaller m); logsumexps combine in float64 with
+    variance than one group). Samples are drawn in chunks of ``chunk_size`` (default: what fits in
+    ``memory_bytes``, itself by default :func:`memory_budget`; rounded to a multiple of every
+    smaller m); logsumexps combine in float64 with
     ``logaddexp``, so precision does not degrade with K. With ``seed`` the samples of example
     ``index[b]`` are fixed (see :func:`seeded_noise`), so results do not depend on batch or chunk
     size. Raises :class:`NonFiniteLogWeight` naming ``name`` and the example on a NaN/inf weight.
+    ``prior`` may be passed in so that a caller evaluating many batches builds p(z) once (a
+    VampPrior encodes its pseudo-inputs once per evaluation).
 
     With ``with_variance`` also returns the Monte Carlo variance of each estimate, [len(ks), B]:
     for m < K the variance of the K/m group bounds divided by K/m; for K the delta-method scaling
@@ -123,11 +134,12 @@ def iwae_bounds(model, x: torch.Tensor, ks: tuple[int, ...], chunk_size: int | N
     if any(k % m for m in smaller):
         raise ValueError(f"every k in {ks} must divide the largest, {k}")
     step = math.lcm(*smaller) if smaller else 1
-    chunk_size = chunk_size or default_chunk_size(x.shape[0], x.shape[-1])
+    budget = memory_bytes if memory_bytes is not None else memory_budget(x.device)
+    chunk_size = chunk_size or default_chunk_size(x.shape[0], x.shape[-1], budget)
     chunk_size = max(step, chunk_size // step * step)
     use_hook = seed is None and hasattr(model, "log_weights")
     q = None if use_hook else model.posterior(x)
-    prior = None if use_hook else model.prior()
+    prior = None if use_hook else (model.prior() if prior is None else prior)
     total = None
     group_sums = {m: torch.zeros(x.shape[0], dtype=torch.float64, device=x.device) for m in smaller}
     group_squares = {m: torch.zeros_like(group_sums[m]) for m in smaller}

@@ -55,13 +55,15 @@ def per_example_bounds(model, x: torch.Tensor, ks: tuple[int, ...], seed: int, b
         progress_path = progress_path.with_name(f"{progress_path.stem}.rank{rank}of{world}.pt")
     done = _load_progress(progress_path, key)
     mine = range(rank * batch_size, len(x), world * batch_size)
+    with torch.no_grad():
+        prior = model.prior()
     for start in tqdm(mine, desc=f"{name} L_{max(ks)}", unit="batch", disable=None if rank == 0 else True):
         if start in done:
             continue
         xb = x[start:start + batch_size]
         index = torch.arange(start, start + len(xb))
         bounds, var = iwae_bounds(model, xb, ks, chunk_size, seed=seed, index=index, name=name, with_variance=True,
-                                  backend=backend)
+                                  backend=backend, prior=prior)
         done[start] = torch.stack([bounds.double().cpu(), var.cpu()])
         _save_progress(progress_path, key, done)
     if progress_path is not None:

@@ -360,10 +360,16 @@ def main(argv: list[str] | None = None) -> int:
         parser.error("--images, --authors-images and --batch-size must be at least 1")
     rows = run(torch.device(args.device), args.images, args.k, args.authors_images, args.batch_size)
     write_csv(rows, args.out)
-    table = pd.DataFrame(rows, columns=COLUMNS).drop(columns=["device_name", "torch", "data"])
+    table = pd.DataFrame(rows, columns=COLUMNS).drop(columns=["device", "device_name", "torch", "k", "data", "note"])
+    table["images"] = table["images"].astype("Int64")
     with pd.option_context("display.width", 250, "display.max_columns", None, "display.precision", 3):
         print(table.to_string(index=False))
-    print(f"{rows[0]['device_name']}, torch {rows[0]['torch']}, {rows[0]['data']} -> {args.out}")
+    first = rows[0]
+    print(f"{first['device_name']} ({first['device']}), torch {first['torch']}, k = {first['k']}, {first['data']}")
+    for r in rows:
+        if r.get("note"):
+            print(f"  {r['path']}: {r['note']}")
+    print(f"written to {args.out}")
     return 0
 
 

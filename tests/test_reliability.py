@@ -125,7 +125,8 @@ def _values(out: Path) -> pd.DataFrame:
     return frame.drop(columns=["wall_time_s", "code_version"])
 
 
-def test_killed_evaluation_resumes_to_the_same_numbers(tmp_path):
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT], ids=["SIGTERM", "SIGINT"])
+def test_killed_evaluation_resumes_to_the_same_numbers(tmp_path, sig):
     args = ["eval", TINY, "--k", "20000", "--batch-size", "10", "--seed", "4"]
     reference = tmp_path / "reference"
     assert run_bench(*args, "--out", str(reference)).returncode == 0
@@ -140,7 +141,7 @@ def test_killed_evaluation_resumes_to_the_same_numbers(tmp_path):
     while time.time() < deadline and not any(progress.glob("*.progress.pt")):
         time.sleep(0.05)
     time.sleep(0.5)
-    proc.send_signal(signal.SIGTERM)
+    proc.send_signal(sig)
     proc.wait(timeout=60)
     assert proc.returncode != 0, "the run finished before it could be interrupted"
     assert previous.read_text() == "model,log_likelihood\nearlier,-1.0\n"  # nothing already written is lost

@@ -1,0 +1,1 @@
+"""pytest-benchmark timings of the K = 5000 evaluation (``tox -e benchmark``)."""
