@@ -97,6 +97,7 @@ ENTRIES: list[Entry] = [
     Entry("vae-vampprior", "binarized-mnist", replace(GATED, prior="vamp"), VAMP_TRAIN, group="vampprior",
           published=(Published(VAMP, "Table 1, VAE (L=1), VampPrior", -85.57,
                                note="confirmed by pythae's reproduction README (which reached -85.79)"),)),
+    Entry("vae-vampprior-data", "binarized-mnist", replace(GATED, prior="vamp-data"), VAMP_TRAIN, group="vampprior"),
     Entry("hvae-vampprior", "binarized-mnist", replace(GATED, prior="vamp", levels=2), VAMP_TRAIN, group="vampprior",
           published=(Published(VAMP, "Table 1, HVAE (L=2), VampPrior", -83.19, note="as read; unconfirmed"),)),
     Entry("hvae-standard", "binarized-mnist", replace(GATED, levels=2), VAMP_TRAIN, group="vampprior"),
