@@ -17,6 +17,8 @@ from pathlib import Path
 
 import torch
 
+from bench.allocator import keep_freed_memory
+
 ROOT = Path(__file__).resolve().parent.parent
 
 
@@ -311,6 +313,7 @@ def _protocol_options(p: argparse.ArgumentParser, k: int, n_test: int | None = N
 
 def main(argv: list[str]) -> int:
     args = parser().parse_args(argv)
+    keep_freed_memory()
     from bench.data import DataError
     from bench.results import ResultsError
     from models.checkpoint import CheckpointError

@@ -168,8 +168,9 @@ def bernoulli_log_lik(h: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor,
     """
     _check_backend(backend, h, weight, bias, x)
     if backend == "torch":
-        logits = F.linear(h, weight, bias)
-        return (x * logits - F.softplus(logits)).sum(-1)
+        # sum_j x_j l_j = h . (W^T x) + b . x: a small product instead of a pass over the logits
+        data_term = (h * (x @ weight)).sum(-1) + x @ bias
+        return data_term - F.softplus(F.linear(h, weight, bias)).sum(-1)
     k, b, n_hidden = h.shape
     n_pixels = weight.shape[0]
     rows = h.detach().reshape(k * b, n_hidden).float()

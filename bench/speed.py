@@ -44,8 +44,10 @@ from torch import nn
 from torch.nn import functional as F
 from tqdm import tqdm
 
+from bench.allocator import keep_freed_memory
 from bench.data import DataError, load_dataset
 from bench.estimators import iwae_bound
+from bench.files import atomic_path
 from bench.kernels import triton_available
 from models.vae import VAE, ModelConfig
 
@@ -200,7 +202,8 @@ def per_image_lean(model: VAE, x: torch.Tensor, k: int, seed: int = 0) -> torch.
 
 
 def _log_normal_diag(z: torch.Tensor, mean: torch.Tensor, logvar: torch.Tensor) -> torch.Tensor:
-    return -0.5 * (logvar + (z - mean).pow(2) / logvar.exp() + math.log(2 * math.pi))
+    """The authors' elementwise log-density without the -log(2 pi) / 2, which cancels in log p(z) - log q(z|x)."""
+    return -0.5 * (logvar + (z - mean).pow(2) / logvar.exp())
 
 
 @torch.no_grad()
@@ -271,14 +274,11 @@ def _format(value: object) -> object:
 
 
 def write_csv(rows: list[dict], path: Path) -> None:
-    """Write the rows to ``path`` atomically: a temporary file beside it, then a rename."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    with open(tmp, "w", newline="") as f:
+    """Write the rows to ``path`` atomically (``bench.files.atomic_path``: a temporary file, then a rename)."""
+    with atomic_path(path) as tmp, open(tmp, "w", newline="") as f:
         writer = csv.DictWriter(f, fieldnames=COLUMNS)
         writer.writeheader()
         writer.writerows({c: _format(row.get(c)) for c in COLUMNS} for row in rows)
-    tmp.replace(path)
 
 
 def run(device: torch.device, images: int, k: int, authors_images: int, batch_size: int) -> list[dict]:
@@ -358,6 +358,7 @@ def main(argv: list[str] | None = None) -> int:
         parser.error(f"--k {args.k}: use a positive multiple of {AUTHORS_CHUNK} (the authors' chunk size)")
     if min(args.images, args.authors_images, args.batch_size) < 1:
         parser.error("--images, --authors-images and --batch-size must be at least 1")
+    keep_freed_memory()  # as run_bench.py does; every path is timed under the same allocator settings
     rows = run(torch.device(args.device), args.images, args.k, args.authors_images, args.batch_size)
     write_csv(rows, args.out)
     table = pd.DataFrame(rows, columns=COLUMNS).drop(columns=["device", "device_name", "torch", "k", "data", "note"])
