@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import math
 
+import numpy as np
 import torch
 from torch.distributions import Distribution, Independent, Normal, kl_divergence
 
@@ -32,19 +33,30 @@ def seeded_noise(seed: int, index: torch.Tensor, start: int, stop: int, dim: int
                  device: torch.device | str = "cpu") -> torch.Tensor:
     """Standard normal noise for samples start..stop-1 of each example: [stop - start, B, dim].
 
-    Example ``index[b]`` owns a stream cut into blocks of ``NOISE_BLOCK`` samples, each from its own
-    generator seeded by (seed, index, block), so the values do not depend on how examples are
-    batched or samples chunked.
+    Example ``index[b]`` owns a stream cut into blocks of ``NOISE_BLOCK`` samples, each drawn from
+    its own generator keyed by ``numpy.random.SeedSequence([seed, index, block])``, so the values do
+    not depend on how examples are batched or samples chunked, and distinct keys never share a
+    stream. On the CPU the generator is numpy's Philox (a 128-bit key; torch's CPU generator keeps
+    only 32 bits of a seed); on CUDA it is torch's Philox with a 64-bit seed from the same sequence.
     """
+    if seed < 0:
+        raise ValueError(f"seed={seed}: use a non-negative integer")
+    device = torch.device(device)
     first, last = start // NOISE_BLOCK, (stop - 1) // NOISE_BLOCK
     columns = []
     for i in index.tolist():
-        blocks = []
-        for block in range(first, last + 1):
-            gen = torch.Generator(device=device).manual_seed((seed << 40) ^ (i << 12) ^ block)
-            blocks.append(torch.randn(NOISE_BLOCK, dim, generator=gen, device=device))
+        blocks = [_noise_block(np.random.SeedSequence([seed, i, block]), dim, device) for block in range(first, last + 1)]
         columns.append(torch.cat(blocks)[start - first * NOISE_BLOCK: stop - first * NOISE_BLOCK])
     return torch.stack(columns, dim=1)
+
+
+def _noise_block(key: np.random.SeedSequence, dim: int, device: torch.device) -> torch.Tensor:
+    """[NOISE_BLOCK, dim] standard normals from the stream ``key``."""
+    if device.type == "cuda":
+        gen = torch.Generator(device=device).manual_seed(int(key.generate_state(1, np.uint64)[0] >> 1))
+        return torch.randn(NOISE_BLOCK, dim, generator=gen, device=device)
+    values = np.random.Generator(np.random.Philox(key)).standard_normal((NOISE_BLOCK, dim), dtype=np.float32)
+    return torch.from_numpy(values).to(device)
 
 
 def sample_posterior(q: Distribution, k: int, seed: int | None = None, index: torch.Tensor | None = None,
@@ -122,8 +134,8 @@ def iwae_bounds(model, x: torch.Tensor, ks: tuple[int, ...], chunk_size: int | N
     VampPrior encodes its pseudo-inputs once per evaluation).
 
     With ``with_variance`` also returns the Monte Carlo variance of each estimate, [len(ks), B]:
-    for m < K the variance of the K/m group bounds divided by K/m; for K the delta-method scaling
-    Var(L_K) ~ Var(L_m) m / K of the largest smaller m (NaN if there is none).
+    for m < K the variance of the K/m group bounds divided by K/m; for K, by the delta method
+    (Var(L_m) ~ Var(w) / (m E[w]^2) for large m), that of the largest smaller m (NaN if none).
     """
     check_model(model)
     k = max(ks)
@@ -160,7 +172,7 @@ def iwae_bounds(model, x: torch.Tensor, ks: tuple[int, ...], chunk_size: int | N
     for m in smaller:
         g = k // m
         var[m] = (group_squares[m] - group_sums[m].pow(2) / g) / max(g - 1, 1) / g
-    var[k] = var[smaller[-1]] * smaller[-1] / k if smaller else torch.full_like(total, math.nan)
+    var[k] = var[smaller[-1]] if smaller else torch.full_like(total, math.nan)
     return bounds, torch.stack([var[m] for m in ks])
 
 

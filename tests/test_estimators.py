@@ -161,3 +161,18 @@ def test_k_must_be_positive(wrong_q):
 def test_interface_errors_name_missing_methods():
     with pytest.raises(TypeError, match="missing posterior, prior, likelihood"):
         iwae_bound(object(), torch.zeros(2, 3), 2)
+
+
+def test_monte_carlo_variance_matches_spread_over_seeds(wrong_q):
+    """``with_variance``: the predicted Var(L_m) matches the variance of L_m over independent seeds.
+
+    With R replicate seeds the sample variance has relative standard error sqrt(2 / (R - 1)) (for
+    near-Gaussian estimates), so the ratio must be within Z of those of 1, per k, over the examples.
+    """
+    model, x = wrong_q
+    x, reps = x[:16], 300
+    runs = [iwae_bounds(model, x, (50, 500), seed=s, with_variance=True) for s in range(reps)]
+    bounds = torch.stack([b for b, _ in runs])  # [R, 2, B]
+    predicted = torch.stack([v for _, v in runs]).mean(0)  # [2, B]
+    ratio = bounds.var(0).sum(-1) / predicted.sum(-1)  # pooled over examples
+    assert ((ratio - 1).abs() < Z * math.sqrt(2 / (reps - 1))).all(), ratio
