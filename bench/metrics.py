@@ -5,6 +5,7 @@ import math
 
 import torch
 from torch.distributions import Independent, Normal
+from tqdm import tqdm
 
 from bench.estimators import elbo_terms, weighted_samples
 from bench.interface import check_model
@@ -73,7 +74,8 @@ def elbo_surgery(model, x_train: torch.Tensor, n_samples: int | None = None, see
     m = n if n_samples is None else n_samples
     rows = torch.arange(n) if m == n else torch.randint(n, (m,), generator=gen)
     mi_terms, marginal_terms = [], []
-    for i in range(0, m, batch_size):
+    for i in tqdm(range(0, m, batch_size), desc="ELBO surgery: q(z) over all training points", unit="batch",
+                  disable=None):
         r = rows[i:i + batch_size].to(loc.device)
         eps = torch.randn(len(r), loc.shape[1], generator=gen).to(loc)
         z = loc[r] + scale[r] * eps
@@ -94,6 +96,7 @@ def elbo_surgery(model, x_train: torch.Tensor, n_samples: int | None = None, see
         "mc_avg_kl_se": float((mi + marginal).std() / math.sqrt(m)),
         "log_n": math.log(n),
         "n_train": n,
+        "surgery_samples": m,
     }
 
 
