@@ -46,6 +46,12 @@ class Dataset:
     train_probs: torch.Tensor | None = None
     image_shape: tuple[int, int] = (28, 28)
 
+    def __post_init__(self) -> None:
+        for split in ("train", "valid", "test"):
+            if len(getattr(self, split)) == 0:
+                raise DataError(f"{self.name}: the {split} split has no images; check the data files and the "
+                                "validation size")
+
     @property
     def dim(self) -> int:
         return self.train.shape[1]

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 import torch
 
-from bench.data import DataError, check_binary, load_dataset, parse_amat
+from bench.data import DataError, Dataset, check_binary, load_dataset, parse_amat
 
 SHARED = Path(os.environ.get("VAEBENCH_DATA", "")) if os.environ.get("VAEBENCH_DATA") else None
 
@@ -103,6 +103,22 @@ def test_idx_with_wrong_magic_number_is_a_clear_error(tmp_path):
     write_idx(tmp_path / "MNIST" / "raw" / "t10k-images-idx3-ubyte", np.zeros((20, 28, 28)), magic=0x1234)
     with pytest.raises(DataError, match="could not read the IDX files"):
         load_dataset("mnist", tmp_path, n_valid=10)
+
+
+def test_truncated_idx_file_is_a_clear_error(tmp_path):
+    fake_mnist(tmp_path)
+    images = tmp_path / "MNIST" / "raw" / "train-images-idx3-ubyte"
+    images.write_bytes(images.read_bytes()[:-100])  # the header promises more pixels than follow
+    with pytest.raises(DataError, match="could not read the IDX files"):
+        load_dataset("mnist", tmp_path, n_valid=10)
+
+
+def test_empty_split_is_refused(tmp_path):
+    fake_mnist(tmp_path, n_train=50, n_test=0)
+    with pytest.raises(DataError, match="could not read the IDX files"):  # torchvision cannot read 0 images
+        load_dataset("mnist", tmp_path, n_valid=10)
+    with pytest.raises(DataError, match="the valid split has no images"):
+        Dataset("made-up", torch.ones(3, 2), torch.ones(0, 2), torch.ones(3, 2))
 
 
 def test_missing_idx_files_name_the_layout(tmp_path, monkeypatch):
