@@ -110,12 +110,16 @@ def evaluate_entries(entries: list, args: argparse.Namespace, out: Path, *, k: i
                      surgery_samples: int | None, reuse: bool, store: bool) -> list[dict]:
     """Run the protocol on each entry; ``reuse``: take stored records whose key is unchanged and
     keep per-batch progress for resuming; ``store``: write the records (rank 0 only)."""
-    from bench.protocol import PROTOCOL_VERSION, evaluate
+    from bench.protocol import PROTOCOL_VERSION, distributed_rank_world, evaluate, rank_progress_path
     from bench.results import load_record, save_record
     from models import registry
 
     if k < 1:
         raise UsageError(f"--k {k}: the number of importance samples must be at least 1")
+    for option, value, least in (("--seed", args.seed, 0), ("--batch-size", args.batch_size, 1),
+                                 ("--chunk-size", args.chunk_size, 1), ("--surgery-samples", surgery_samples, 1)):
+        if value is not None and value < least:
+            raise UsageError(f"{option} {value}: must be at least {least}")
     device = resolve_device(args.device)
     backend = resolve_backend(args.backend, device)
     records = []
@@ -126,7 +130,7 @@ def evaluate_entries(entries: list, args: argparse.Namespace, out: Path, *, k: i
                              f"points; choose 1..{len(data.test)}")
         key = {"checkpoint_sha256": registry.file_hash(entry.checkpoint), "protocol_version": PROTOCOL_VERSION,
                "k": k, "n_test": n_test or len(data.test), "seed": args.seed, "surgery_samples": surgery_samples,
-               "backend": backend}
+               "backend": backend, "device": device.type, "data_sha256": registry.data_checksum(data)}
         cached = load_record(out, entry.name, key) if reuse else None
         if cached is not None:
             print(f"{entry.name}: unchanged, reusing the stored record (--force re-runs)")
@@ -140,6 +144,10 @@ def evaluate_entries(entries: list, args: argparse.Namespace, out: Path, *, k: i
         record.update({"code_version": code_version(), "checkpoint_sha256": key["checkpoint_sha256"]})
         if store:
             save_record(out, entry.name, key, record, per_example)
+        if progress is not None:
+            if distributed_rank_world()[1] > 1:
+                torch.distributed.barrier()  # rank 0 has stored the record
+            rank_progress_path(progress).unlink(missing_ok=True)
         print(f"{entry.name}: log p(x) >= {record['log_likelihood']:.3f} ± {record['log_likelihood_se']:.3f} "
               f"(K={k}, n={record['n_test']}, {record['wall_time_s']:.1f} s)")
         records.append(record)
@@ -183,6 +191,12 @@ def cmd_report(args: argparse.Namespace) -> int:
     records = all_records(out)
     if records.empty:
         raise UsageError(f"no stored results under {out}/records: run `python run_bench.py eval` first")
+    current = [name not in registry.REGISTRY or not registry.REGISTRY[name].checkpoint.is_file()
+               or registry.file_hash(registry.REGISTRY[name].checkpoint) == sha
+               for name, sha in zip(records.model, records.checkpoint_sha256)]
+    for name in records.model[[not c for c in current]]:
+        print(f"{name}: left out, its checkpoint changed since it was evaluated; run `python run_bench.py eval {name}`")
+    records = records[current].reset_index(drop=True)
     write_metrics_csv(out, records)
     write_tables(records, registry.REGISTRY, out)
     write_plots(records, registry.REGISTRY, out)
@@ -213,9 +227,12 @@ def compare_with_baseline(records: list[dict], baseline: "pd.DataFrame") -> "pd.
     for rec in records:
         base = baseline[baseline.model == rec["model"]]
         for metric, se_key in CHECKED.items():
-            if metric not in rec:
-                continue
             row = base[base.metric == metric]
+            if metric not in rec:
+                if not row.empty:
+                    rows.append({"model": rec["model"], "metric": metric, "baseline": row.iloc[0].value, "ok": False,
+                                 "note": "missing now"})
+                continue
             if row.empty:
                 rows.append({"model": rec["model"], "metric": metric, "now": rec[metric], "ok": True, "note": "new"})
                 continue
@@ -239,15 +256,24 @@ def cmd_check(args: argparse.Namespace) -> int:
                                store=False)
     baseline_path = Path(args.baseline)
     if args.update:
-        rows = [{"model": r["model"], "metric": m, "value": r[m], "se": r[se], "k": r["k"], "n_test": r["n_test"],
-                 "checkpoint_sha256": r["checkpoint_sha256"]} for r in records for m, se in CHECKED.items() if m in r]
-        atomic_write_text(baseline_path, pd.DataFrame(rows).to_csv(index=False, float_format="%.6f"))
+        rows = pd.DataFrame([{"model": r["model"], "metric": m, "value": r[m], "se": r[se], "k": r["k"],
+                              "n_test": r["n_test"], "checkpoint_sha256": r["checkpoint_sha256"]}
+                             for r in records for m, se in CHECKED.items() if m in r])
+        if baseline_path.is_file():  # keep the rows of models not evaluated now
+            kept = pd.read_csv(baseline_path)
+            rows = pd.concat([kept[~kept.model.isin(rows.model)], rows]).sort_values(["model", "metric"], kind="stable")
+        atomic_write_text(baseline_path, rows.to_csv(index=False, float_format="%.6f"))
         print(f"wrote {baseline_path} ({len(rows)} rows)")
         return 0
     if not baseline_path.is_file():
         raise UsageError(f"no baseline at {baseline_path}: create it with `python run_bench.py check --update`")
-    table = compare_with_baseline(records, pd.read_csv(baseline_path))
-    missing = sorted(set(pd.read_csv(baseline_path).model) - {r["model"] for r in records})
+    baseline = pd.read_csv(baseline_path)
+    settings = baseline[["k", "n_test"]].drop_duplicates()
+    if len(settings) != 1 or (settings.iloc[0].k, settings.iloc[0].n_test) != (args.k, args.n_test):
+        raise UsageError(f"the baseline was made with k, n_test = {settings.values.tolist()}, not "
+                         f"{args.k}, {args.n_test}: run check with those settings, or --update")
+    table = compare_with_baseline(records, baseline)
+    missing = [] if args.names else sorted(set(baseline.model) - {r["model"] for r in records})
     with pd.option_context("display.width", 160, "display.max_rows", 500):
         print(table.to_string(index=False, float_format=lambda v: f"{v:.4f}"))
     if missing:
@@ -301,7 +327,8 @@ def _protocol_options(p: argparse.ArgumentParser, k: int, n_test: int | None = N
     p.add_argument("--k", type=int, default=k, help=f"importance samples (default {k})")
     p.add_argument("--n-test", type=int, default=n_test, help="first N test points (default: all)")
     p.add_argument("--batch-size", type=int, default=100, help="test points per batch (default 100)")
-    p.add_argument("--chunk-size", type=int, help="samples per chunk (default: a 256 MiB budget)")
+    p.add_argument("--chunk-size", type=int, help="samples per chunk (default: what fits a quarter of free GPU "
+                                                  "memory or 64 MiB on the CPU, rounded to a multiple of 500)")
     p.add_argument("--seed", type=int, default=0, help="seed of the importance samples (default 0)")
     p.add_argument("--backend", default="auto", choices=("auto", "torch", "triton"),
                    help="log-weight path: torch reference or the fused Triton kernel (default auto: "

@@ -171,7 +171,7 @@ def iwae_bounds(model, x: torch.Tensor, ks: tuple[int, ...], chunk_size: int | N
     var = {}
     for m in smaller:
         g = k // m
-        var[m] = (group_squares[m] - group_sums[m].pow(2) / g) / max(g - 1, 1) / g
+        var[m] = (group_squares[m] - group_sums[m].pow(2) / g).clamp(min=0) / max(g - 1, 1) / g
     var[k] = var[smaller[-1]] if smaller else torch.full_like(total, math.nan)
     return bounds, torch.stack([var[m] for m in ks])
 

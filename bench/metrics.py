@@ -35,9 +35,13 @@ def active_units(model, x: torch.Tensor, threshold: float = 0.01,
     return [int(part.sum()) for part in active.split(list(layers))], variances
 
 
+class NotGaussianPosterior(TypeError):
+    """ELBO surgery needs q(z|x) = Independent(Normal(loc, scale), 1)."""
+
+
 def _gaussian_params(q) -> tuple[torch.Tensor, torch.Tensor]:
     if not (isinstance(q, Independent) and isinstance(q.base_dist, Normal)):
-        raise TypeError("elbo_surgery needs a diagonal Gaussian posterior Independent(Normal(loc, scale), 1) "
+        raise NotGaussianPosterior("elbo_surgery needs a diagonal Gaussian posterior Independent(Normal(loc, scale), 1) "
                         f"to evaluate the aggregate posterior exactly; got {type(q).__name__}")
     return q.base_dist.loc, q.base_dist.scale
 
@@ -69,6 +73,7 @@ def elbo_surgery(model, x_train: torch.Tensor, n_samples: int | None = None, see
         recs.append(rec)
         kls.append(kl)
     loc, scale = torch.cat(locs), torch.cat(scales)
+    loc64, scale64 = loc.double(), scale.double()
     prior = model.prior()
     gen = torch.Generator().manual_seed(seed)
     m = n if n_samples is None else n_samples
@@ -80,9 +85,9 @@ def elbo_surgery(model, x_train: torch.Tensor, n_samples: int | None = None, see
         eps = torch.randn(len(r), loc.shape[1], generator=gen).to(loc)
         z = loc[r] + scale[r] * eps
         log_q_cond = Independent(Normal(loc[r], scale[r]), 1).log_prob(z)
-        log_q_agg = mixture_log_prob(z, loc, scale)
-        mi_terms.append(log_q_cond - log_q_agg)
-        marginal_terms.append(log_q_agg - prior.log_prob(z))
+        log_q_agg = mixture_log_prob(z.double(), loc64, scale64)  # float64: the expansion cancels at small scales
+        mi_terms.append(log_q_cond.double() - log_q_agg)
+        marginal_terms.append(log_q_agg - prior.log_prob(z).double())
     mi, marginal = torch.cat(mi_terms).double(), torch.cat(marginal_terms).double()
     rec, kl = torch.cat(recs).double(), torch.cat(kls).double()
     return {

@@ -18,7 +18,7 @@ from tqdm import tqdm
 from bench.data import Dataset, check_binary
 from bench.estimators import elbo, iwae_bounds
 from bench.files import atomic_path
-from bench.metrics import active_units, elbo_surgery
+from bench.metrics import NotGaussianPosterior, active_units, elbo_surgery
 
 PROTOCOL_VERSION = 1
 LADDER = (1, 5, 50, 500, 5000)
@@ -43,16 +43,15 @@ def per_example_bounds(model, x: torch.Tensor, ks: tuple[int, ...], seed: int, b
                        backend: str = "torch") -> tuple[torch.Tensor, torch.Tensor]:
     """Bounds and their Monte Carlo variances, each [len(ks), N], for every row of x in batches of
     ``batch_size`` (see ``iwae_bounds``). With ``progress_path`` each finished batch is stored and a
-    later call with the same arguments resumes where it stopped, giving the same numbers; the file
-    is removed once every batch is done.
+    later call with the same arguments resumes where it stopped, giving the same numbers; the caller
+    removes the file (:func:`rank_progress_path`) once the results it feeds are stored.
 
     Under ``torch.distributed`` (e.g. launched by ``torchrun``) rank r takes batches r, r + W, ...
     and every rank receives all results: the same batches with the same per-example seeds, hence
     exactly the numbers of a single process."""
     rank, world = distributed_rank_world()
-    key = f"{name}|{ks}|{seed}|{len(x)}|{batch_size}|{rank}/{world}|{backend}"
-    if progress_path is not None and world > 1:
-        progress_path = progress_path.with_name(f"{progress_path.stem}.rank{rank}of{world}.pt")
+    key = f"{name}|{ks}|{seed}|{len(x)}|{batch_size}|{rank}/{world}|{backend}|{x.device.type}"
+    progress_path = rank_progress_path(progress_path)
     done = _load_progress(progress_path, key)
     mine = range(rank * batch_size, len(x), world * batch_size)
     with torch.no_grad():
@@ -66,14 +65,20 @@ def per_example_bounds(model, x: torch.Tensor, ks: tuple[int, ...], seed: int, b
                                   backend=backend, prior=prior)
         done[start] = torch.stack([bounds.double().cpu(), var.cpu()])
         _save_progress(progress_path, key, done)
-    if progress_path is not None:
-        progress_path.unlink(missing_ok=True)
     if world > 1:
         gathered = [None] * world
         torch.distributed.all_gather_object(gathered, done)
         done = {start: part for shard in gathered for start, part in shard.items()}
     both = torch.cat([done[s] for s in sorted(done)], dim=2)
     return both[0], both[1]
+
+
+def rank_progress_path(path: Path | None) -> Path | None:
+    """This process's progress file: ``path`` itself, or one per rank under ``torch.distributed``."""
+    rank, world = distributed_rank_world()
+    if path is None or world == 1:
+        return path
+    return path.with_name(f"{path.stem}.rank{rank}of{world}.pt")
 
 
 def distributed_rank_world() -> tuple[int, int]:
@@ -135,7 +140,7 @@ def evaluate(model, dataset: Dataset, k: int = 5000, *, n_test: int | None = Non
     if surgery:
         try:
             record.update(elbo_surgery(model, dataset.train.to(device), n_samples=surgery_samples, seed=seed))
-        except TypeError as err:
+        except NotGaussianPosterior as err:
             record["surgery_note"] = str(err).split(";")[0]
     record.update({"device": str(device), "backend": backend, "torch": str(torch.__version__),
                    "protocol_version": PROTOCOL_VERSION,

@@ -132,7 +132,7 @@ def plot_surgery(records: pd.DataFrame, out: Path) -> None:
     colors = sns.color_palette("deep", 2)
     ax.barh(frame.index, frame["mutual_info"], color=colors[0], label="mutual information I[i; z]")
     ax.barh(frame.index, frame["marginal_kl"], left=frame["mutual_info"], color=colors[1], label="KL(q(z) || p(z))")
-    ax.scatter(frame["avg_kl"], frame.index, color="black", marker="|", s=200, label="average KL (analytic)", zorder=3)
+    ax.scatter(frame["avg_kl"], frame.index, color="black", marker="|", s=200, label="average KL (analytic where it exists)", zorder=3)
     ax.set(xlabel="nats per training point", title="ELBO surgery: average KL = I + marginal KL")
     ax.legend(fontsize=8)
     _save(fig, out / "elbo_surgery.png")

@@ -42,8 +42,17 @@ def load_record(out: Path, name: str, key: dict) -> dict | None:
     path = record_path(out, name)
     if not path.is_file():
         return None
-    stored = json.loads(path.read_text())
+    stored = _read(path)
     return stored["record"] if stored.get("key") == key else None
+
+
+def _read(path: Path) -> dict:
+    try:
+        stored = json.loads(path.read_text())
+        stored["record"]
+        return stored
+    except (json.JSONDecodeError, KeyError, TypeError):
+        raise ResultsError(f"{path} is not a stored record; delete it (or restore it with git) and rerun") from None
 
 
 def save_record(out: Path, name: str, key: dict, record: dict, per_example: dict[str, torch.Tensor]) -> None:
@@ -60,13 +69,7 @@ def save_record(out: Path, name: str, key: dict, record: dict, per_example: dict
 
 def all_records(out: Path) -> pd.DataFrame:
     """Every stored record as one tidy frame, a row per model."""
-    rows = []
-    for path in sorted((out / "records").glob("*.json")):
-        try:
-            rows.append(json.loads(path.read_text())["record"])
-        except (json.JSONDecodeError, KeyError, TypeError):
-            raise ResultsError(f"{path} is not a stored record; delete it (or restore it with git) and rerun") from None
-    return pd.DataFrame(rows)
+    return pd.DataFrame([_read(path)["record"] for path in sorted((out / "records").glob("*.json"))])
 
 
 def write_metrics_csv(out: Path, frame: pd.DataFrame) -> Path:

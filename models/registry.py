@@ -137,6 +137,10 @@ def load(entry: Entry) -> torch.nn.Module:
         raise CheckpointError(f"checkpoint {entry.checkpoint} does not match registry entry {entry.name!r} "
                               f"({str(err).splitlines()[0]}); retrain with `python run_bench.py train "
                               f"{entry.name}` or restore the file with git") from None
+    bad = [name for name, value in model.state_dict().items() if value.is_floating_point() and not value.isfinite().all()]
+    if bad:
+        raise CheckpointError(f"checkpoint {entry.checkpoint} holds NaN or infinite values in {', '.join(bad[:3])}; "
+                              f"retrain with `python run_bench.py train {entry.name}` or restore the file with git")
     return model.eval()
 
 

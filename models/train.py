@@ -34,7 +34,7 @@ class TrainConfig:
     patience: int = 50
     seed: int = 1
     adam_eps: float = 1e-8
-    lr_schedule: str = "constant"  # constant, or burda: 3^(i-1) epochs at lr * round(10^(-(i-1)/7), 1)
+    lr_schedule: str = "constant"  # constant, or burda (see learning_rate)
 
 
 def learning_rate(cfg: TrainConfig, epoch: int) -> float:

@@ -84,12 +84,57 @@ def test_checkpoint_that_runs_code_is_refused_without_running_it(tmp_path):
     (["eval", TINY, "--n-test", "301"], "--n-test 301: digits-vampprior's test set (digits) has 300 points"),
     (["--device", "cuda:7", "eval", TINY], "--device cuda:7: no such CUDA device"),
     (["--device", "gpu", "eval", TINY], "--device 'gpu' is not a device name"),
+    (["eval", TINY, "--seed", "-1"], "--seed -1: must be at least 0"),
+    (["eval", TINY, "--batch-size", "0"], "--batch-size 0: must be at least 1"),
+    (["eval", TINY, "--surgery-samples", "0"], "--surgery-samples 0: must be at least 1"),
 ])
 def test_cli_rejects_bad_options(tmp_path, args, message):
     result = run_bench(*args, "--out", str(tmp_path))
     assert result.returncode == 2, result.stderr
     assert message in result.stderr
     assert "Traceback" not in result.stderr
+
+
+def test_checkpoint_with_nan_weights_is_refused(tmp_path, monkeypatch):
+    entry = registry.get(TINY)
+    state = load_state(entry.checkpoint)
+    state["model"]["decoder.out.bias"][3] = float("nan")
+    atomic_save(state, tmp_path / f"{TINY}.pt")
+    monkeypatch.setattr(registry, "CHECKPOINTS", tmp_path)
+    with pytest.raises(CheckpointError, match="NaN or infinite values in decoder.out.bias"):
+        registry.load(entry)
+
+
+def test_check_fails_on_missing_metric_and_refuses_other_settings(tmp_path):
+    from bench.cli import compare_with_baseline
+
+    baseline = pd.DataFrame([{"model": "m", "metric": "mutual_info", "value": 1.0, "se": 0.1, "k": 100,
+                              "n_test": 200, "checkpoint_sha256": "abc"}])
+    table = compare_with_baseline([{"model": "m", "checkpoint_sha256": "abc"}], baseline)
+    assert not table.ok.any() and table.note.tolist() == ["missing now"]
+    moved = compare_with_baseline([{"model": "m", "checkpoint_sha256": "abc", "mutual_info": 2.0,
+                                    "mutual_info_se": 0.1}], baseline)
+    assert not moved.ok.any()
+    path = tmp_path / "baseline.csv"
+    baseline.to_csv(path, index=False)
+    result = run_bench("check", TINY, "--k", "50", "--baseline", str(path))
+    assert result.returncode == 2 and "the baseline was made with k, n_test = [[100, 200]]" in result.stderr
+
+
+def test_check_update_keeps_other_models(tmp_path):
+    path = tmp_path / "baseline.csv"
+    pd.DataFrame([{"model": "other", "metric": "L_1", "value": -1.0, "se": 0.1, "k": 100, "n_test": 200,
+                   "checkpoint_sha256": "abc"}]).to_csv(path, index=False)
+    assert run_bench("check", "--update", TINY, "--baseline", str(path)).returncode == 0
+    assert set(pd.read_csv(path).model) == {"other", TINY}
+
+
+def test_progress_survives_until_the_record_is_stored(tmp_path):
+    from bench.protocol import evaluate
+
+    progress = tmp_path / "p.progress.pt"
+    evaluate(registry.load(registry.get(TINY)), load_dataset("digits"), k=50, n_test=20, progress_path=progress)
+    assert progress.is_file()  # the CLI removes it only after writing the record
 
 
 def test_cli_unwritable_output_folder(tmp_path):
