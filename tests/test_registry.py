@@ -82,3 +82,20 @@ def test_posterior_2d_plot(tmp_path):
     model = build_model(ModelConfig(x_dim=64, z_dim=2, hidden=8, depth=1)).eval()
     plot_posterior_2d("tiny-2d", model, load_dataset("digits"), tmp_path, n_images=2, k=10)
     assert (tmp_path / "posterior_2d.png").stat().st_size > 0
+
+
+def test_committed_checkpoints_stay_under_60_mb():
+    total = sum(p.stat().st_size for p in registry.CHECKPOINTS.glob("*.pt"))
+    assert total < 60 * 2**20, f"{total / 2**20:.1f} MB of checkpoints"
+
+
+def test_training_continues_from_a_committed_checkpoint_without_state(tmp_path, monkeypatch, capsys):
+    """A fresh clone has the best checkpoint and its JSON but no per-epoch state: warm restart."""
+    monkeypatch.setattr(registry, "CHECKPOINTS", tmp_path)
+    assert cli.main(["train", "digits-standard", "--max-epochs", "2"]) == 0
+    for state in (tmp_path / "state").glob("*.pt"):
+        state.unlink()
+    assert cli.main(["train", "digits-standard", "--max-epochs", "1"]) == 0
+    history = json.loads((tmp_path / "digits-standard.json").read_text())["history"]
+    assert history[2] == {"epoch": 2, "event": "warm restart from the best checkpoint"}
+    assert history[-1]["epoch"] == 3
