@@ -1,30 +1,25 @@
 """The Triton kernels of ``bench.kernels`` against plain PyTorch references computed in float64.
 
 Without a GPU the kernels run under the Triton interpreter, which Triton enables only if
-``TRITON_INTERPRET=1`` is set before ``triton`` is first imported. The ``setdefault`` below does that
-when this module is the first to need Triton (``bench.kernels`` imports it only on first use, so
-importing ``bench.kernels`` elsewhere is harmless); tox sets it for the whole run anyway. If
-something imported ``triton`` earlier without it, the module is skipped and the reason says so.
-The flag stays set for the rest of the pytest process; nothing else in the suite uses Triton.
+``TRITON_INTERPRET=1`` is set before ``triton`` is first imported: ``tests/conftest.py`` sets it
+when there is no CUDA device (``bench.kernels`` imports triton only on first use). With CUDA the
+kernels are compiled and these tests check the GPU build. If something imported ``triton`` earlier
+without the flag, the module is skipped and the reason says so.
 
 Tolerance: 1e-3 nats per row. With extreme logits (|l| ~ 50..200, D = 784) a row's log-likelihood
 is ~ -4e4 nats, where one float32 ulp is already 4e-3 nats: those cases allow 1e-6 relative on top.
 """
-import os
+import math
 
-os.environ.setdefault("TRITON_INTERPRET", "1")
+import pytest
+import torch
+from hypothesis import given, settings, strategies as st
+from torch.distributions import Bernoulli, Categorical, Independent, MixtureSameFamily, Normal
 
-import math  # noqa: E402
-
-import pytest  # noqa: E402
-import torch  # noqa: E402
-from hypothesis import given, settings, strategies as st  # noqa: E402
-from torch.distributions import Bernoulli, Categorical, Independent, MixtureSameFamily, Normal  # noqa: E402
-
-from bench import kernels  # noqa: E402
-from bench.kernels import bernoulli_log_lik, fused_log_weights, mixture_log_prob, supports_fused  # noqa: E402
-from models.vae import ModelConfig, build_model  # noqa: E402
-from tests.closed_form import PPCA  # noqa: E402
+from bench import kernels
+from bench.kernels import bernoulli_log_lik, fused_log_weights, mixture_log_prob, supports_fused
+from models.vae import ModelConfig, build_model
+from tests.closed_form import PPCA
 
 UNAVAILABLE = kernels._unavailable_reason()
 pytestmark = pytest.mark.skipif(UNAVAILABLE is not None, reason=f"the triton backend cannot run: {UNAVAILABLE}")

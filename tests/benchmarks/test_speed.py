@@ -40,7 +40,7 @@ BACKENDS = ["torch", "triton"]
 
 def require(backend: str) -> None:
     """Skip a Triton case unless the kernels would run compiled on CUDA. Checked when the test runs:
-    tests/test_kernels.py sets TRITON_INTERPRET=1 while the suite is being collected."""
+    tests/conftest.py sets TRITON_INTERPRET=1 when there is no CUDA device."""
     if backend == "torch":
         return
     if DEVICE.type != "cuda":
