@@ -99,3 +99,20 @@ def test_training_continues_from_a_committed_checkpoint_without_state(tmp_path, 
     history = json.loads((tmp_path / "digits-standard.json").read_text())["history"]
     assert history[2] == {"epoch": 2, "event": "warm restart from the best checkpoint"}
     assert history[-1]["epoch"] == 3
+
+
+def test_prior_ordering_uses_paired_differences(tmp_path):
+    import pandas as pd
+
+    from bench.report import prior_ordering
+
+    folder = tmp_path / "per_example"
+    folder.mkdir()
+    base = torch.linspace(-120, -80, 50, dtype=torch.float64)  # a large spread across test points
+    for name, shift in (("vae-standard", 0.0), ("vae-mog", 0.05), ("vae-vampprior", -0.05)):
+        pd.DataFrame({"L_5000": (base + shift).numpy()}).to_csv(folder / f"{name}.csv.gz")
+    records = pd.DataFrame({"model": ["vae-standard", "vae-mog", "vae-vampprior"]})
+    text = prior_ordering(records, registry.REGISTRY, tmp_path)
+    # identical spread, constant shifts: paired s.e. is ~0, so 0.05 nats is resolved
+    assert "vamp − mog = -0.10 ± 0.00 nats (reversed)" in text
+    assert "mog − standard = +0.05 ± 0.00 nats (holds)" in text
