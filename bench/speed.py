@@ -10,6 +10,8 @@ random weights, in eval mode under ``torch.no_grad``. The comparisons are those 
 - ``per-image-lean``: a careful per-image script (:func:`per_image_lean`).
 - ``authors-pattern``: the VampPrior authors' ``calculate_likelihood`` pattern
   (:func:`authors_pattern`), timed on a few images only.
+- ``pythae-pattern``: pythae's ``get_nll(batch_size=5000)``: the same per-image pattern with one
+  chunk of all k samples (:func:`authors_pattern` with ``chunk=k``), on the same few images.
 - ``roofline``: the time the decoder and mixture-prior FLOPs (:func:`flops_per_sample`) take at the
   GEMM rate measured in the same run (:func:`gemm_flops_per_s`).
 
@@ -19,7 +21,7 @@ time of the timed images), images_per_s, ms_per_image, flops_per_image (k * flop
 same useful work for every path, whatever a path repeats), achieved_gflops (flops_per_image *
 images / seconds), fraction_of_gemm_peak (achieved / the measured GEMM rate), fraction_of_fp32_peak
 (achieved / the looked-up non-tensor-core float32 peak in ``FP32_PEAK_TFLOPS``; CUDA only),
-peak_memory_mb (see :class:`PeakMemory`), speedup_vs_per_image_lean and speedup_vs_authors (their
+peak_memory_mb (see :class:`PeakMemory`), speedup_vs_per_image_lean, speedup_vs_authors and speedup_vs_pythae (their
 ms_per_image / this one's), ratio_to_roofline (this ms_per_image / the roofline's),
 max_abs_diff_vs_torch (ours-triton: the largest |L_K triton - L_K torch| over the images, same
 seeded samples), data, note.
@@ -58,7 +60,7 @@ GEMM_SHAPE = (5000, 300, 784)
 FP32_PEAK_TFLOPS = {"H100 PCIe": 51.2, "H100": 66.9, "H200": 66.9, "A100": 19.5}
 COLUMNS = ["path", "device", "device_name", "torch", "threads", "images", "k", "seconds", "images_per_s",
            "ms_per_image", "flops_per_image", "achieved_gflops", "fraction_of_gemm_peak", "fraction_of_fp32_peak",
-           "peak_memory_mb", "speedup_vs_per_image_lean", "speedup_vs_authors", "ratio_to_roofline",
+           "peak_memory_mb", "speedup_vs_per_image_lean", "speedup_vs_authors", "speedup_vs_pythae", "ratio_to_roofline",
            "max_abs_diff_vs_torch", "data", "note"]
 
 
@@ -330,6 +332,11 @@ def run(device: torch.device, images: int, k: int, authors_images: int, batch_si
     rows.append(row("authors-pattern", authors_images, seconds, memory,
                     note=f"{k // AUTHORS_CHUNK} chunks of {AUTHORS_CHUNK} samples per image"))
 
+    _, seconds, memory = timed(lambda: authors_pattern(model, x[:authors_images], k, chunk=k), device)
+    rows.append(row("pythae-pattern", authors_images, seconds, memory,
+                    note=f"pythae get_nll(batch_size={k}): one chunk of {k} rows per image through the whole "
+                         "model, the image encoded k times, pseudo-inputs re-encoded, [k, C, d] broadcast"))
+
     m, kk, n = GEMM_SHAPE
     rows.append(row("roofline", images, flops_image * images / gemm,
                     note=f"decoder + mixture FLOPs at the measured torch.mm {m}x{kk} by {kk}x{n} float32 rate"))
@@ -339,6 +346,7 @@ def run(device: torch.device, images: int, k: int, authors_images: int, batch_si
         if r.get("ms_per_image"):
             r["speedup_vs_per_image_lean"] = reference["per-image-lean"] / r["ms_per_image"]
             r["speedup_vs_authors"] = reference["authors-pattern"] / r["ms_per_image"]
+            r["speedup_vs_pythae"] = reference["pythae-pattern"] / r["ms_per_image"]
             r["ratio_to_roofline"] = r["ms_per_image"] / reference["roofline"]
     return rows
 
@@ -347,7 +355,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--device", choices=("cpu", "cuda"), default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--images", type=int, default=20, help="images timed for ours-* and per-image-lean")
-    parser.add_argument("--authors-images", type=int, default=3, help="images timed for authors-pattern")
+    parser.add_argument("--authors-images", type=int, default=3, help="images timed for the authors' and pythae's patterns")
     parser.add_argument("--k", type=int, default=5000, help="importance samples; a multiple of 100")
     parser.add_argument("--batch-size", type=int, default=100, help="images per iwae_bound call (ours-*)")
     parser.add_argument("--out", type=Path, default=Path("results/kernel_bench.csv"))
