@@ -122,9 +122,11 @@ def evaluate_entries(entries: list, args: argparse.Namespace, out: Path, *, k: i
             raise UsageError(f"{option} {value}: must be at least {least}")
     device = resolve_device(args.device)
     backend = resolve_backend(args.backend, device)
-    records = []
+    records, datasets = [], {}
     for entry in entries:
-        data = entry.load_data(args.data_dir)
+        if (entry.dataset, entry.n_valid) not in datasets:
+            datasets[entry.dataset, entry.n_valid] = entry.load_data(args.data_dir)
+        data = datasets[entry.dataset, entry.n_valid]
         if n_test is not None and not 0 < n_test <= len(data.test):
             raise UsageError(f"--n-test {n_test}: {entry.name}'s test set ({entry.dataset}) has {len(data.test)} "
                              f"points; choose 1..{len(data.test)}")
