@@ -40,9 +40,10 @@ def _save_progress(path: Path | None, key: str, done: dict) -> None:
 
 def per_example_bounds(model, x: torch.Tensor, ks: tuple[int, ...], seed: int, batch_size: int = 100,
                        chunk_size: int | None = None, name: str = "model", progress_path: Path | None = None,
-                       backend: str = "torch") -> tuple[torch.Tensor, torch.Tensor]:
+                       backend: str = "torch", ids: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """Bounds and their Monte Carlo variances, each [len(ks), N], for every row of x in batches of
-    ``batch_size`` (see ``iwae_bounds``). With ``progress_path`` each finished batch is stored and a
+    ``batch_size`` (see ``iwae_bounds``); ``ids`` [N] name the rows' noise streams (their test
+    indices; default 0..N-1). With ``progress_path`` each finished batch is stored and a
     later call with the same arguments resumes where it stopped, giving the same numbers; the caller
     removes the file (:func:`rank_progress_path`) once the results it feeds are stored.
 
@@ -50,7 +51,8 @@ def per_example_bounds(model, x: torch.Tensor, ks: tuple[int, ...], seed: int, b
     and every rank receives all results: the same batches with the same per-example seeds, hence
     exactly the numbers of a single process."""
     rank, world = distributed_rank_world()
-    key = f"{name}|{ks}|{seed}|{len(x)}|{batch_size}|{rank}/{world}|{backend}|{x.device.type}"
+    ids = torch.arange(len(x)) if ids is None else ids
+    key = f"{name}|{ks}|{seed}|{len(x)}|{batch_size}|{rank}/{world}|{backend}|{x.device.type}|{hash(tuple(ids.tolist()))}"
     progress_path = rank_progress_path(progress_path)
     done = _load_progress(progress_path, key)
     mine = range(rank * batch_size, len(x), world * batch_size)
@@ -60,7 +62,7 @@ def per_example_bounds(model, x: torch.Tensor, ks: tuple[int, ...], seed: int, b
         if start in done:
             continue
         xb = x[start:start + batch_size]
-        index = torch.arange(start, start + len(xb))
+        index = ids[start:start + len(xb)]
         bounds, var = iwae_bounds(model, xb, ks, chunk_size, seed=seed, index=index, name=name, with_variance=True,
                                   backend=backend, prior=prior)
         done[start] = torch.stack([bounds.double().cpu(), var.cpu()])
@@ -88,6 +90,15 @@ def distributed_rank_world() -> tuple[int, int]:
     return 0, 1
 
 
+def test_subset(n_total: int, n_test: int) -> torch.Tensor:
+    """The test indices evaluated: all of them, or a fixed random subset (seed 0, sorted). Never a
+    prefix: the static binarized MNIST test file is ordered by digit (images 1000-1999 are mostly
+    ones, pixel mean 0.076 against 0.13), so its first points are not a fair sample."""
+    if n_test == n_total:
+        return torch.arange(n_total)
+    return torch.randperm(n_total, generator=torch.Generator().manual_seed(0))[:n_test].sort().values
+
+
 def _mean_se(values: torch.Tensor) -> tuple[float, float]:
     v = values.double()
     return float(v.mean()), float(v.std() / math.sqrt(len(v))) if len(v) > 1 else float("nan")
@@ -103,7 +114,8 @@ def evaluate(model, dataset: Dataset, k: int = 5000, *, n_test: int | None = Non
     Carlo standard error for these test points (``_mc_se``), elbo and its standard error, elbo_gap
     (L_k - ELBO), L_m for m in (1, 5, 50, 500, 5000) up to k, active units, the ELBO-surgery terms,
     n_test, seed, device, log-weight backend (``torch`` reference or fused ``triton``), torch
-    version, wall time. Per-example: ``L_k`` and ``elbo`` [n_test].
+    version, wall time. Per-example: ``test_index``, ``L_k`` and ``elbo`` [n_test]. With ``n_test``
+    below the test-set size the points are a fixed random subset (:func:`test_subset`).
     Seeded: the same call gives the same numbers whatever ``batch_size`` and ``chunk_size``.
     """
     if k < 1:
@@ -116,12 +128,13 @@ def evaluate(model, dataset: Dataset, k: int = 5000, *, n_test: int | None = Non
     started = time.perf_counter()
     device = torch.device(device)
     model = model.to(device) if hasattr(model, "to") else model
-    x = dataset.test[:n_test].to(device)
+    ids = test_subset(n_total, n_test)
+    x = dataset.test[ids].to(device)
     check_binary(x, f"{dataset.name} test split")
     ks = tuple(m for m in LADDER if m < k and k % m == 0) + (k,)
-    bounds, mc_var = per_example_bounds(model, x, ks, seed, batch_size, chunk_size, name, progress_path, backend)
+    bounds, mc_var = per_example_bounds(model, x, ks, seed, batch_size, chunk_size, name, progress_path, backend, ids)
     with torch.no_grad():
-        elbos = torch.cat([elbo(model, x[i:i + batch_size], seed=seed, index=torch.arange(i, min(i + batch_size, n_test)))
+        elbos = torch.cat([elbo(model, x[i:i + batch_size], seed=seed, index=ids[i:i + batch_size])
                            for i in range(0, n_test, batch_size)]).cpu()
     ll, ll_se = _mean_se(bounds[-1])
     el, el_se = _mean_se(elbos)
@@ -135,7 +148,7 @@ def evaluate(model, dataset: Dataset, k: int = 5000, *, n_test: int | None = Non
         **{f"L_{m}_mc_se": float(mc_var[i].sum().sqrt() / n_test) for i, m in enumerate(ks)},
         "active_units": count if isinstance(count, int) else "+".join(map(str, count)),
         "active_units_total": count if isinstance(count, int) else sum(count),
-        "active_units_set": f"test[:{n_test}]",
+        "active_units_set": "test" if n_test == n_total else f"test subset ({n_test} of {n_total})",
     }
     if surgery:
         try:
@@ -145,4 +158,4 @@ def evaluate(model, dataset: Dataset, k: int = 5000, *, n_test: int | None = Non
     record.update({"device": str(device), "backend": backend, "torch": str(torch.__version__),
                    "protocol_version": PROTOCOL_VERSION,
                    "wall_time_s": time.perf_counter() - started})
-    return record, {f"L_{k}": bounds[-1], "elbo": elbos}
+    return record, {"test_index": ids, f"L_{k}": bounds[-1], "elbo": elbos}

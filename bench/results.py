@@ -60,8 +60,8 @@ def save_record(out: Path, name: str, key: dict, record: dict, per_example: dict
     for value in record.values():
         if isinstance(value, float) and not math.isfinite(value) and not math.isnan(value):
             raise FloatingPointError(f"model {name}: an infinite metric would reach the CSV; not stored")
-    frame = pd.DataFrame({k: v.double().numpy() for k, v in per_example.items()})
-    frame.index.name = "test_index"
+    frame = pd.DataFrame({k: v.double().numpy() if v.is_floating_point() else v.numpy()
+                          for k, v in per_example.items()}).set_index("test_index")
     with atomic_path(out / "per_example" / f"{name}.csv.gz") as tmp:
         frame.to_csv(tmp, compression={"method": "gzip", "mtime": 0}, float_format="%.6f")
     atomic_write_text(record_path(out, name), json.dumps({"key": key, "record": record}, indent=1) + "\n")

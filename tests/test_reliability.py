@@ -231,3 +231,13 @@ def test_interrupted_training_gives_the_same_weights(tmp_path):
         assert torch.equal(tensor, resumed["model"][name]), name
     history = json.loads((tmp_path / "b" / "best.json").read_text())["history"]
     assert [h["epoch"] for h in history] == [1, 2, 3, 4]
+
+
+def test_test_subset_is_a_fixed_spread_sample_not_a_prefix():
+    from bench.protocol import test_subset
+
+    ids = test_subset(10_000, 1_000)
+    assert torch.equal(ids, test_subset(10_000, 1_000)) and len(set(ids.tolist())) == 1_000
+    assert bool((ids[1:] > ids[:-1]).all()) and ids.min() < 100 and ids.max() > 9_900
+    assert (ids < 1_000).sum() < 150  # about a tenth of the points fall in any tenth of the file
+    assert torch.equal(test_subset(300, 300), torch.arange(300))
