@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import difflib
 import hashlib
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import torch
@@ -43,7 +43,6 @@ class Entry:
     published: tuple[Published, ...] = ()
     group: str = ""
     budget_epochs: int | None = None
-    tags: tuple[str, ...] = field(default=())
 
     @property
     def checkpoint(self) -> Path:
@@ -107,8 +106,8 @@ ENTRIES: list[Entry] = [
     _surgery(2, -129.63, 7.41, 7.20, 0.21),
     _surgery(10, -88.95, 19.17, 10.82, 8.35),
     _surgery(20, -87.45, 20.2, 10.67, 9.53),
-    Entry("digits-standard", "digits", TINY, TINY_TRAIN, group="tiny", tags=("ci",)),
-    Entry("digits-vampprior", "digits", replace(TINY, prior="vamp"), TINY_TRAIN, group="tiny", tags=("ci",)),
+    Entry("digits-standard", "digits", TINY, TINY_TRAIN, group="tiny"),
+    Entry("digits-vampprior", "digits", replace(TINY, prior="vamp"), TINY_TRAIN, group="tiny"),
 ]
 REGISTRY: dict[str, Entry] = {e.name: e for e in ENTRIES}
 
