@@ -15,6 +15,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pandas as pd
 import torch
 
 from bench.allocator import keep_freed_memory
@@ -32,7 +33,7 @@ def code_version() -> str:
         sha = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True,
                              check=True).stdout.strip()
         dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=ROOT,
-                               capture_output=True, text=True).stdout.strip()
+                               capture_output=True, text=True, check=True).stdout.strip()
         return sha + ("-dirty" if dirty else "")
     except (OSError, subprocess.CalledProcessError):
         return "unknown"
@@ -219,12 +220,10 @@ CHECKED = {"log_likelihood": "log_likelihood_mc_se", "L_1": "L_1_mc_se", "mutual
 Z_CHECK = 4.0
 
 
-def compare_with_baseline(records: list[dict], baseline: "pd.DataFrame") -> "pd.DataFrame":
+def compare_with_baseline(records: list[dict], baseline: pd.DataFrame) -> pd.DataFrame:
     """One row per (model, metric): baseline, now, difference and tolerance Z * sqrt(se_b^2 + se_now^2),
     with Monte Carlo standard errors of these fixed test points; ``ok`` False where it moved more, or
     where the checkpoint differs from the one the baseline was made with."""
-    import pandas as pd
-
     rows = []
     for rec in records:
         base = baseline[baseline.model == rec["model"]]
@@ -249,8 +248,6 @@ def compare_with_baseline(records: list[dict], baseline: "pd.DataFrame") -> "pd.
 
 
 def cmd_check(args: argparse.Namespace) -> int:
-    import pandas as pd
-
     from bench.files import atomic_write_text
 
     records = evaluate_entries(_trained(args.names), args, Path(args.out),

@@ -126,7 +126,8 @@ def iwae_bounds(model, x: torch.Tensor, ks: tuple[int, ...], chunk_size: int | N
     over the K/m disjoint groups of m consecutive samples (an unbiased estimate of E L_m with less
     variance than one group). Samples are drawn in chunks of ``chunk_size`` (default: what fits in
     ``memory_bytes``, itself by default :func:`memory_budget`; rounded to a multiple of every
-    smaller m); logsumexps combine in float64 with
+    smaller m), and the examples in sub-batches small enough that a chunk of all of them fits the
+    budget too; logsumexps combine in float64 with
     ``logaddexp``, so precision does not degrade with K. With ``seed`` the samples of example
     ``index[b]`` are fixed (see :func:`seeded_noise`), so results do not depend on batch or chunk
     size. Raises :class:`NonFiniteLogWeight` naming ``name`` and the example on a NaN/inf weight.
@@ -149,8 +150,17 @@ def iwae_bounds(model, x: torch.Tensor, ks: tuple[int, ...], chunk_size: int | N
     chunk_size = chunk_size or default_chunk_size(x.shape[0], x.shape[-1], budget)
     chunk_size = max(step, chunk_size // step * step)
     use_hook = seed is None and hasattr(model, "log_weights")
-    q = None if use_hook else model.posterior(x)
     prior = None if use_hook else (model.prior() if prior is None else prior)
+    per_batch = max(1, default_chunk_size(chunk_size, x.shape[-1], budget))
+    if x.shape[0] > per_batch:  # the ladder's step made chunks too big for the whole batch: split it
+        index = torch.arange(x.shape[0]) if index is None else index
+        parts = [iwae_bounds(model, x[i:i + per_batch], ks, chunk_size, seed=seed, index=index[i:i + per_batch],
+                             name=name, with_variance=with_variance, backend=backend, memory_bytes=budget,
+                             prior=prior) for i in range(0, x.shape[0], per_batch)]
+        if with_variance:
+            return torch.cat([b for b, _ in parts], dim=1), torch.cat([v for _, v in parts], dim=1)
+        return torch.cat(parts, dim=1)
+    q = None if use_hook else model.posterior(x)
     total = None
     group_sums = {m: torch.zeros(x.shape[0], dtype=torch.float64, device=x.device) for m in smaller}
     group_squares = {m: torch.zeros_like(group_sums[m]) for m in smaller}

@@ -15,11 +15,15 @@ import torch
 from torch.distributions import Categorical, Distribution, Independent, Normal, constraints
 
 
-def component_log_prob(z: torch.Tensor, loc: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
-    """log N(z_s; loc_k, diag scale_k^2) for every pair: z [..., d], loc/scale [K, d] -> [..., K]."""
+def component_log_prob(z: torch.Tensor, loc: torch.Tensor, scale: torch.Tensor,
+                       log_mix: torch.Tensor | None = None) -> torch.Tensor:
+    """log N(z_s; loc_k, diag scale_k^2) (+ log_mix_k if given) for every pair: z [..., d], loc/scale [K, d],
+    log_mix [K] -> [..., K]."""
     precision = scale.pow(-2)
     weights = torch.cat([-0.5 * precision, loc * precision], dim=1)  # [K, 2d]
     const = -0.5 * (loc.pow(2) * precision).sum(1) - scale.log().sum(1) - 0.5 * loc.shape[1] * math.log(2 * math.pi)
+    if log_mix is not None:
+        const = const + log_mix
     features = torch.cat([z.pow(2), z], dim=-1)  # [..., 2d]
     return torch.addmm(const, features.reshape(-1, features.shape[-1]), weights.T).reshape(*z.shape[:-1], -1)
 
@@ -36,8 +40,8 @@ def mixture_log_prob(z: torch.Tensor, loc: torch.Tensor, scale: torch.Tensor, lo
         log_mix = torch.full((n,), -math.log(n), dtype=loc.dtype, device=loc.device)
     total = None
     for start in range(0, n, chunk_size):
-        part = component_log_prob(z, loc[start:start + chunk_size], scale[start:start + chunk_size])
-        part = torch.logsumexp(part + log_mix[start:start + chunk_size], dim=-1)
+        stop = start + chunk_size
+        part = torch.logsumexp(component_log_prob(z, loc[start:stop], scale[start:stop], log_mix[start:stop]), dim=-1)
         total = part if total is None else torch.logaddexp(total, part)
     return total
 

@@ -3,10 +3,15 @@ from __future__ import annotations
 
 import torch
 from torch import nn
+from torch.nn import functional as F
 
 
 class GatedDense(nn.Module):
-    """h = (W x + b) * sigmoid(V x + c)  (Dauphin et al. 2017; used by Tomczak & Welling 2018)."""
+    """h = (W x + b) * sigmoid(V x + c)  (Dauphin et al. 2017; used by Tomczak & Welling 2018).
+
+    Both products are one matrix multiply with [W; V] (one GEMM of twice the width runs faster than
+    two); the parameters stay two ``nn.Linear`` so that checkpoints name them ``value`` and ``gate``.
+    """
 
     def __init__(self, n_in: int, n_out: int):
         super().__init__()
@@ -14,7 +19,10 @@ class GatedDense(nn.Module):
         self.gate = nn.Linear(n_in, n_out)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.value(x) * torch.sigmoid(self.gate(x))
+        both = F.linear(x, torch.cat([self.value.weight, self.gate.weight]),
+                        torch.cat([self.value.bias, self.gate.bias]))
+        value, gate = both.chunk(2, dim=-1)
+        return value * torch.sigmoid(gate)
 
 
 def mlp(n_in: int, hidden: int, depth: int, kind: str) -> nn.Sequential:

@@ -63,6 +63,8 @@ GATED = ModelConfig(x_dim=784, z_dim=40, hidden=300, depth=2, net="gated")
 TANH = ModelConfig(x_dim=784, z_dim=50, hidden=200, depth=2, net="tanh", logvar_limits=(-12.0, 6.0))
 VAMP_TRAIN = TrainConfig(objective="elbo", k=1, lr=5e-4, batch_size=100, warmup_epochs=100, max_epochs=2000,
                          patience=50, seed=1)
+# Burda et al.: Adam, batch 20, eps 1e-4, 3280 passes in 8 stages of decaying lr. beta1 stays at 0.9: the
+# official code's optimiser defaults to 0.99, which we could not check against the paper's text.
 IWAE_TRAIN = TrainConfig(objective="iwae", k=1, lr=1e-3, batch_size=20, warmup_epochs=0, max_epochs=3280,
                          patience=3280, seed=123, adam_eps=1e-4, lr_schedule="burda")
 TINY = ModelConfig(x_dim=64, z_dim=4, hidden=32, depth=2, net="gated", n_components=20)

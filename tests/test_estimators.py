@@ -120,6 +120,23 @@ def test_seeded_bound_independent_of_batch_and_chunk(wrong_q, batch, chunk):
     torch.testing.assert_close(torch.cat(pieces), reference, rtol=0, atol=1e-10)
 
 
+def test_small_memory_budget_splits_the_batch_with_the_same_numbers(wrong_q, monkeypatch):
+    """With the ladder forcing chunks of at least 50 samples (L_50 needs whole groups), a budget of a
+    few such chunks makes ``iwae_bounds`` evaluate the examples a few at a time: same bounds and
+    variances as all at once."""
+    model, x = wrong_q
+    ks = (1, 5, 50, 500)
+    whole, whole_var = iwae_bounds(model, x, ks, seed=3, with_variance=True, memory_bytes=2**40)
+    batches = []
+    posterior = model.posterior
+    monkeypatch.setattr(model, "posterior", lambda xb: batches.append(len(xb)) or posterior(xb))
+    rows_of_three = 16 * x.shape[1] * 50 * 3  # three examples' chunks of 50 samples
+    split, split_var = iwae_bounds(model, x, ks, seed=3, with_variance=True, memory_bytes=rows_of_three)
+    assert batches == [3] * 21 + [1]
+    torch.testing.assert_close(split, whole, rtol=0, atol=1e-10)
+    torch.testing.assert_close(split_var, whole_var, rtol=0, atol=1e-12)
+
+
 def test_precision_at_large_k_float32():
     """Float32 log-weights around -500 nats: the float64 accumulation loses nothing at k = 5000."""
     model = PPCA(dim_x=400, dim_z=3, sigma=0.05, dtype=torch.float32)

@@ -108,11 +108,32 @@ def test_prior_ordering_uses_paired_differences(tmp_path):
 
     folder = tmp_path / "per_example"
     folder.mkdir()
-    base = torch.linspace(-120, -80, 50, dtype=torch.float64)  # a large spread across test points
+    base = torch.linspace(-120, -80, 60, dtype=torch.float64)  # a large spread across test points
+    # the three models saw overlapping, differently ordered subsets of the test points
+    subsets = {"vae-standard": torch.arange(0, 50), "vae-mog": torch.arange(59, 9, -1),
+               "vae-vampprior": torch.arange(5, 60)}
     for name, shift in (("vae-standard", 0.0), ("vae-mog", 0.05), ("vae-vampprior", -0.05)):
-        pd.DataFrame({"L_5000": (base + shift).numpy()}).to_csv(folder / f"{name}.csv.gz")
+        index = subsets[name]
+        pd.DataFrame({"test_index": index.numpy(), "L_5000": (base[index] + shift).numpy()}).to_csv(
+            folder / f"{name}.csv.gz", index=False)
     records = pd.DataFrame({"model": ["vae-standard", "vae-mog", "vae-vampprior"]})
     text = prior_ordering(records, registry.REGISTRY, tmp_path)
-    # identical spread, constant shifts: paired s.e. is ~0, so 0.05 nats is resolved
-    assert "vamp − mog = -0.10 ± 0.00 nats (reversed)" in text
-    assert "mog − standard = +0.05 ± 0.00 nats (holds)" in text
+    # identical values per test point up to constant shifts: the paired s.e. is ~0, so 0.05 nats is
+    # resolved, and only the shared points count (vamp/mog share 10..59, mog/standard 10..49)
+    assert "vamp − mog = -0.10 ± 0.00 nats (reversed; 50 shared test points)" in text
+    assert "mog − standard = +0.05 ± 0.00 nats (holds; 40 shared test points)" in text
+
+
+def test_budget_table_states_the_time_left_at_the_measured_rate(tmp_path, monkeypatch):
+    from bench.report import budget_table
+
+    monkeypatch.setattr(registry, "CHECKPOINTS", tmp_path)
+    entry = registry.get("vae-standard")  # up to 2000 epochs, early stopping 50
+    history = [{"epoch": e, "seconds": s} for e, s in ((1, 7.0), (2, 9.0), (3, 8.0))]
+    history.append({"epoch": 3, "event": "warm restart from the best checkpoint"})
+    (tmp_path / "vae-standard.json").write_text(json.dumps({"epochs": 3, "finished": False, "device": "cpu",
+                                                            "history": history}))
+    row = budget_table(registry.REGISTRY).set_index("model").loc["vae-standard"]
+    assert row["epochs"] == 3 and row["schedule"] == "up to 2000 epochs, early stopping 50"
+    assert row["s / epoch here"] == "8.0"  # the median of the timed epochs
+    assert row["hours to finish here"] == f"{(entry.train.max_epochs - 3) * 8.0 / 3600:.1f}"

@@ -24,7 +24,7 @@ TINY = "digits-vampprior"  # a committed checkpoint on a dataset that needs no f
 
 def run_bench(*args: str, timeout: float = 300) -> subprocess.CompletedProcess:
     return subprocess.run([sys.executable, str(ROOT / "run_bench.py"), *args], capture_output=True, text=True,
-                          timeout=timeout, cwd=ROOT)
+                          timeout=timeout, cwd=ROOT, check=False)
 
 
 # --- registry and checkpoints ------------------------------------------------------------------
