@@ -126,7 +126,7 @@ def iwae_bounds(model, x: torch.Tensor, ks: tuple[int, ...], chunk_size: int | N
     over the K/m disjoint groups of m consecutive samples (an unbiased estimate of E L_m with less
     variance than one group). Samples are drawn in chunks of ``chunk_size`` (default: what fits in
     ``memory_bytes``, itself by default :func:`memory_budget`; rounded to a multiple of every
-    smaller m), and the examples in sub-batches small enough that a chunk of all of them fits the
+    smaller m and, when seeded, of ``NOISE_BLOCK``), and the examples in sub-batches small enough that a chunk of all of them fits the
     budget too; logsumexps combine in float64 with
     ``logaddexp``, so precision does not degrade with K. With ``seed`` the samples of example
     ``index[b]`` are fixed (see :func:`seeded_noise`), so results do not depend on batch or chunk
@@ -146,9 +146,11 @@ def iwae_bounds(model, x: torch.Tensor, ks: tuple[int, ...], chunk_size: int | N
     if any(k % m for m in smaller):
         raise ValueError(f"every k in {ks} must divide the largest, {k}")
     step = math.lcm(*smaller) if smaller else 1
+    if seed is not None:  # whole noise blocks: a chunk that cut one would regenerate it
+        step = math.lcm(step, NOISE_BLOCK)
     budget = memory_bytes if memory_bytes is not None else memory_budget(x.device)
     chunk_size = chunk_size or default_chunk_size(x.shape[0], x.shape[-1], budget)
-    chunk_size = max(step, chunk_size // step * step)
+    chunk_size = min(k, max(step, chunk_size // step * step))
     use_hook = seed is None and hasattr(model, "log_weights")
     prior = None if use_hook else (model.prior() if prior is None else prior)
     per_batch = max(1, default_chunk_size(chunk_size, x.shape[-1], budget))

@@ -9,7 +9,7 @@ import pytest
 import torch
 from torch.distributions import Independent, MultivariateNormal, Normal
 
-from bench.estimators import NonFiniteLogWeight, elbo, iwae_bound, iwae_bounds, log_weights
+from bench.estimators import NOISE_BLOCK, NonFiniteLogWeight, elbo, iwae_bound, iwae_bounds, log_weights
 from tests.closed_form import PPCA
 
 Z = 4.0  # standard errors allowed: a false alarm about once in 16,000 runs
@@ -121,16 +121,15 @@ def test_seeded_bound_independent_of_batch_and_chunk(wrong_q, batch, chunk):
 
 
 def test_small_memory_budget_splits_the_batch_with_the_same_numbers(wrong_q, monkeypatch):
-    """With the ladder forcing chunks of at least 50 samples (L_50 needs whole groups), a budget of a
-    few such chunks makes ``iwae_bounds`` evaluate the examples a few at a time: same bounds and
-    variances as all at once."""
+    """Seeded chunks hold whole noise blocks (500 samples), so a budget of a few such chunks makes
+    ``iwae_bounds`` evaluate the examples a few at a time: same bounds and variances as all at once."""
     model, x = wrong_q
     ks = (1, 5, 50, 500)
     whole, whole_var = iwae_bounds(model, x, ks, seed=3, with_variance=True, memory_bytes=2**40)
     batches = []
     posterior = model.posterior
     monkeypatch.setattr(model, "posterior", lambda xb: batches.append(len(xb)) or posterior(xb))
-    rows_of_three = 16 * x.shape[1] * 50 * 3  # three examples' chunks of 50 samples
+    rows_of_three = 16 * x.shape[1] * NOISE_BLOCK * 3  # three examples' chunks of one noise block
     split, split_var = iwae_bounds(model, x, ks, seed=3, with_variance=True, memory_bytes=rows_of_three)
     assert batches == [3] * 21 + [1]
     torch.testing.assert_close(split, whole, rtol=0, atol=1e-10)
