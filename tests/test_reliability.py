@@ -179,14 +179,15 @@ def test_killed_evaluation_resumes_to_the_same_numbers(tmp_path, sig):
     out.mkdir()
     previous = out / "metrics.csv"
     previous.write_text("model,log_likelihood\nearlier,-1.0\n")
+    # default SIGINT handling even where pytest itself was started in the background (which ignores it)
     proc = subprocess.Popen([sys.executable, str(ROOT / "run_bench.py"), *args, "--out", str(out)], cwd=ROOT,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     progress = out / ".cache"
     deadline = time.time() + 120
     while time.time() < deadline and not any(progress.glob("*.progress.pt")):
         time.sleep(0.05)
-    time.sleep(0.5)
-    proc.send_signal(sig)
+    proc.send_signal(sig)  # at least one of the 30 batches is stored, each takes a while
     proc.wait(timeout=60)
     assert proc.returncode != 0, "the run finished before it could be interrupted"
     assert previous.read_text() == "model,log_likelihood\nearlier,-1.0\n"  # nothing already written is lost
