@@ -137,3 +137,14 @@ def test_budget_table_states_the_time_left_at_the_measured_rate(tmp_path, monkey
     assert row["epochs"] == 3 and row["schedule"] == "up to 2000 epochs, early stopping 50"
     assert row["s / epoch here"] == "8.0"  # the median of the timed epochs
     assert row["hours to finish here"] == f"{(entry.train.max_epochs - 3) * 8.0 / 3600:.1f}"
+
+
+def test_gated_layer_is_value_times_sigmoid_gate():
+    from models.networks import GatedDense
+
+    torch.manual_seed(0)
+    layer = GatedDense(7, 5).double()
+    x = torch.randn(4, 3, 7, dtype=torch.float64)
+    expected = (x @ layer.value.weight.T + layer.value.bias) * torch.sigmoid(x @ layer.gate.weight.T + layer.gate.bias)
+    torch.testing.assert_close(layer(x), expected, rtol=0, atol=1e-12)
+    assert set(layer.state_dict()) == {"value.weight", "value.bias", "gate.weight", "gate.bias"}
