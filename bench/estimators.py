@@ -126,8 +126,8 @@ def iwae_bounds(model, x: torch.Tensor, ks: tuple[int, ...], chunk_size: int | N
     over the K/m disjoint groups of m consecutive samples (an unbiased estimate of E L_m with less
     variance than one group). Samples are drawn in chunks of ``chunk_size`` (default: what fits in
     ``memory_bytes``, itself by default :func:`memory_budget`; rounded to a multiple of every
-    smaller m and, when seeded, of ``NOISE_BLOCK``), and the examples in sub-batches small enough that a chunk of all of them fits the
-    budget too; logsumexps combine in float64 with
+    smaller m and, when seeded, of ``NOISE_BLOCK``), and the examples in sub-batches small enough
+    that a chunk of all of them fits the budget too; logsumexps combine in float64 with
     ``logaddexp``, so precision does not degrade with K. With ``seed`` the samples of example
     ``index[b]`` are fixed (see :func:`seeded_noise`), so results do not depend on batch or chunk
     size. Raises :class:`NonFiniteLogWeight` naming ``name`` and the example on a NaN/inf weight.
@@ -154,7 +154,7 @@ def iwae_bounds(model, x: torch.Tensor, ks: tuple[int, ...], chunk_size: int | N
     use_hook = seed is None and hasattr(model, "log_weights")
     prior = None if use_hook else (model.prior() if prior is None else prior)
     per_batch = max(1, default_chunk_size(chunk_size, x.shape[-1], budget))
-    if x.shape[0] > per_batch:  # the ladder's step made chunks too big for the whole batch: split it
+    if x.shape[0] > per_batch:  # rounding up to ``step`` made a chunk of the whole batch too big: split it
         index = torch.arange(x.shape[0]) if index is None else index
         parts = [iwae_bounds(model, x[i:i + per_batch], ks, chunk_size, seed=seed, index=index[i:i + per_batch],
                              name=name, with_variance=with_variance, backend=backend, memory_bytes=budget,

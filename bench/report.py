@@ -131,8 +131,8 @@ def write_tables(records: pd.DataFrame, entries: dict, out: Path) -> Path:
               "test points); active units use the evaluated test points, population variance > 0.01. "
               "Differences are ours minus the paper's, in nats. On the whole test set the papers' test "
               "points are ours, so what separates the two numbers beyond training is only our Monte "
-              "Carlo error (`log_likelihood_mc_se` in `metrics.csv`); on a "
-              "subset the s.e. over test points applies too.\n")]
+              "Carlo error (`log_likelihood_mc_se` in `metrics.csv`); on a subset the s.e. over test "
+              "points applies too.\n")]
     ordering = prior_ordering(records, entries, out)
     for title, table in (
         ("VampPrior paper, Table 1 (static binarized MNIST)", likelihood_table(records, entries, "vampprior")),
