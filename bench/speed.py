@@ -17,7 +17,7 @@ random weights, in eval mode under ``torch.no_grad``. The comparisons are those 
 
 Every row is per image, so paths timed on different numbers of images compare directly. CSV columns:
 path, device, device_name, torch, threads (torch intra-op threads), images (timed), k, seconds (wall
-time of the timed images), images_per_s, ms_per_image, flops_per_image (k * flops_per_sample: the
+time of the timed images: the median over ``--rounds`` interleaved rounds, see :func:`run`), images_per_s, ms_per_image, flops_per_image (k * flops_per_sample: the
 same useful work for every path, whatever a path repeats), achieved_gflops (flops_per_image *
 images / seconds), fraction_of_gemm_peak (achieved / the measured GEMM rate), fraction_of_fp32_peak
 (achieved / the looked-up non-tensor-core float32 peak in ``FP32_PEAK_TFLOPS``; CUDA only),
@@ -31,6 +31,7 @@ from __future__ import annotations
 import argparse
 import csv
 import ctypes
+import functools
 import math
 import os
 import platform
@@ -283,63 +284,76 @@ def write_csv(rows: list[dict], path: Path) -> None:
         writer.writerows({c: _format(row.get(c)) for c in COLUMNS} for row in rows)
 
 
-def run(device: torch.device, images: int, k: int, authors_images: int, batch_size: int) -> list[dict]:
-    """Time every path once on the same images; returns the rows (see the module docstring)."""
+def run(device: torch.device, images: int, k: int, authors_images: int, batch_size: int,
+        rounds: int = 3) -> list[dict]:
+    """Time every path on the same images; returns the rows (see the module docstring).
+
+    After one warm-up call per path, ``rounds`` rounds each measure the GEMM rate and then time every
+    path once, in turn; a row holds the median seconds over rounds (peak memory: the largest) and the
+    roofline uses the median GEMM rate. Interleaving makes a slow spell on a shared machine slow
+    every path alike instead of biasing the one timed during it.
+    """
     torch.manual_seed(0)
     model = VAE(VAMP_MNIST).to(device).eval()
     x, data = load_images(max(images, authors_images), device)
     flops_image = flops_per_sample(model, k) * k
-    gemm = gemm_flops_per_s(device)
     name = device_name(device)
     peak = fp32_peak(name) if device.type == "cuda" else None
     common = {"device": device.type, "device_name": name, "torch": torch.__version__,
               "threads": torch.get_num_threads(), "k": k, "flops_per_image": flops_image, "data": data}
-
-    def row(path: str, n: int | None, seconds: float | None = None, memory: float | None = None, **extra: object) -> dict:
-        out = {"path": path, "images": n, **common, **extra}
-        if seconds is not None:
-            achieved = flops_image * n / seconds
-            out.update(seconds=seconds, images_per_s=n / seconds, ms_per_image=1e3 * seconds / n,
-                       achieved_gflops=achieved / 1e9, fraction_of_gemm_peak=achieved / gemm,
-                       fraction_of_fp32_peak=achieved / peak if peak else None, peak_memory_mb=memory)
-        return out
-
-    rows = []
     batch_size = min(batch_size, images)
-    ours(model, x[:batch_size], k, "torch", batch_size)  # warm-up on the first batch's shapes
-    torch_bounds, seconds, memory = timed(lambda: ours(model, x[:images], k, "torch", batch_size), device)
-    rows.append(row("ours-torch", images, seconds, memory))
-
     interpreted = os.environ.get("TRITON_INTERPRET") == "1"
+    skip_triton = None
     if device.type != "cuda":
-        rows.append(row("ours-triton", None, note="skipped: the fused kernels need CUDA here; "
-                                               "the CPU Triton interpreter is not a speed path"))
+        skip_triton = "skipped: the fused kernels need CUDA here; the CPU Triton interpreter is not a speed path"
     elif interpreted or not triton_available():
         why = "TRITON_INTERPRET=1 (unset it to compile the kernels)" if interpreted else "triton is not available"
-        rows.append(row("ours-triton", None, note=f"skipped: {why}"))
-    else:
-        ours(model, x[:batch_size], k, "triton", batch_size)  # compiles the kernels
-        bounds, seconds, memory = timed(lambda: ours(model, x[:images], k, "triton", batch_size), device)
-        diff = float((bounds.double() - torch_bounds.double()).abs().max())
-        rows.append(row("ours-triton", images, seconds, memory, max_abs_diff_vs_torch=diff))
+        skip_triton = f"skipped: {why}"
+    paths: dict[str, tuple[int, Callable[[int], torch.Tensor], str | None]] = {
+        "ours-torch": (images, lambda n: ours(model, x[:n], k, "torch", batch_size), None),
+        "ours-triton": (images, lambda n: ours(model, x[:n], k, "triton", batch_size), skip_triton),
+        "per-image-lean": (images, lambda n: per_image_lean(model, x[:n], k), None),
+        "authors-pattern": (authors_images, lambda n: authors_pattern(model, x[:n], k), None),
+        "pythae-pattern": (authors_images, lambda n: authors_pattern(model, x[:n], k, chunk=k), None),
+    }
+    timed_paths = {path: spec for path, spec in paths.items() if spec[2] is None}
+    for path, (n, fn, _) in timed_paths.items():  # warm-up: the first batch's shapes, Triton compilation
+        fn(min(n, batch_size) if path.startswith("ours") else 1)
+    gemm_rates, seconds, memory, bounds = [], {p: [] for p in timed_paths}, {p: [] for p in timed_paths}, {}
+    for _ in tqdm(range(rounds), desc="rounds", unit="round", leave=False):
+        gemm_rates.append(gemm_flops_per_s(device))
+        for path, (n, fn, _) in timed_paths.items():
+            out, s, m = timed(functools.partial(fn, n), device)
+            bounds[path] = out
+            seconds[path].append(s)
+            memory[path].append(m)
+    gemm = statistics.median(gemm_rates)
 
-    per_image_lean(model, x[:1], k)
-    _, seconds, memory = timed(lambda: per_image_lean(model, x[:images], k), device)
-    rows.append(row("per-image-lean", images, seconds, memory))
+    def row(path: str, n: int | None, secs: float | None = None, mem: float | None = None, **extra: object) -> dict:
+        out = {"path": path, "images": n, **common, **extra}
+        if secs is not None:
+            achieved = flops_image * n / secs
+            out.update(seconds=secs, images_per_s=n / secs, ms_per_image=1e3 * secs / n,
+                       achieved_gflops=achieved / 1e9, fraction_of_gemm_peak=achieved / gemm,
+                       fraction_of_fp32_peak=achieved / peak if peak else None, peak_memory_mb=mem)
+        return out
 
-    authors_pattern(model, x[:1], AUTHORS_CHUNK)
-    _, seconds, memory = timed(lambda: authors_pattern(model, x[:authors_images], k), device)
-    rows.append(row("authors-pattern", authors_images, seconds, memory,
-                    note=f"{k // AUTHORS_CHUNK} chunks of {AUTHORS_CHUNK} samples per image"))
-
-    _, seconds, memory = timed(lambda: authors_pattern(model, x[:authors_images], k, chunk=k), device)
-    rows.append(row("pythae-pattern", authors_images, seconds, memory,
-                    note=f"pythae get_nll(batch_size={k}): one chunk of {k} rows per image through the whole "
-                         "model, the image encoded k times, pseudo-inputs re-encoded, [k, C, d] broadcast"))
-
+    notes = {"authors-pattern": f"{k // AUTHORS_CHUNK} chunks of {AUTHORS_CHUNK} samples per image",
+             "pythae-pattern": f"pythae get_nll(batch_size={k}): one chunk of {k} rows per image through the whole "
+                               "model, the image encoded k times, pseudo-inputs re-encoded, [k, C, d] broadcast"}
+    rows = []
+    for path, (n, _, skipped) in paths.items():
+        if skipped:
+            rows.append(row(path, None, note=skipped))
+            continue
+        extra = {"note": notes[path]} if path in notes else {}
+        if path == "ours-triton":
+            extra["max_abs_diff_vs_torch"] = float((bounds[path].double() - bounds["ours-torch"].double()).abs().max())
+        rows.append(row(path, n, statistics.median(seconds[path]), max(memory[path]), **extra))
     m, kk, n = GEMM_SHAPE
     rows.append(row("roofline", images, flops_image * images / gemm,
-                    note=f"decoder + mixture FLOPs at the measured torch.mm {m}x{kk} by {kk}x{n} float32 rate"))
+                    note=f"decoder + mixture FLOPs at the measured torch.mm {m}x{kk} by {kk}x{n} float32 rate "
+                         f"(median of {rounds} rounds)"))
 
     reference = {r["path"]: r.get("ms_per_image") for r in rows}
     for r in rows:
@@ -358,16 +372,18 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--authors-images", type=int, default=3, help="images timed for the authors' and pythae's patterns")
     parser.add_argument("--k", type=int, default=5000, help="importance samples; a multiple of 100")
     parser.add_argument("--batch-size", type=int, default=100, help="images per iwae_bound call (ours-*)")
+    parser.add_argument("--rounds", type=int, default=3,
+                        help="interleaved timing rounds; each path's row is the median over rounds")
     parser.add_argument("--out", type=Path, default=Path("results/kernel_bench.csv"))
     args = parser.parse_args(argv)
     if args.device == "cuda" and not torch.cuda.is_available():
         parser.error("--device cuda: no CUDA device here; use --device cpu")
     if args.k < AUTHORS_CHUNK or args.k % AUTHORS_CHUNK:
         parser.error(f"--k {args.k}: use a positive multiple of {AUTHORS_CHUNK} (the authors' chunk size)")
-    if min(args.images, args.authors_images, args.batch_size) < 1:
-        parser.error("--images, --authors-images and --batch-size must be at least 1")
+    if min(args.images, args.authors_images, args.batch_size, args.rounds) < 1:
+        parser.error("--images, --authors-images, --batch-size and --rounds must be at least 1")
     keep_freed_memory()  # as run_bench.py does; every path is timed under the same allocator settings
-    rows = run(torch.device(args.device), args.images, args.k, args.authors_images, args.batch_size)
+    rows = run(torch.device(args.device), args.images, args.k, args.authors_images, args.batch_size, args.rounds)
     write_csv(rows, args.out)
     table = pd.DataFrame(rows, columns=COLUMNS).drop(columns=["device", "device_name", "torch", "k", "data", "note"])
     table["images"] = table["images"].astype("Int64")

@@ -1,0 +1,41 @@
+"""``bench.speed.run``: which paths it times, and how rounds and ratios combine (timings scripted)."""
+import itertools
+
+import pytest
+import torch
+
+from bench import speed
+
+K = 100  # the smallest k the authors' chunking allows: every path runs in well under a second
+
+
+@pytest.fixture
+def scripted(monkeypatch):
+    """Replace the clocks: every timed call takes the next of 1, 2, 3, ... seconds, and the GEMM rate
+    of round r is r * 1e9 FLOP/s, so medians and ratios are known exactly."""
+    clock = itertools.count(1)
+    rates = itertools.count(1)
+    monkeypatch.setattr(speed, "timed", lambda fn, device: (fn(), float(next(clock)), 0.0))
+    monkeypatch.setattr(speed, "gemm_flops_per_s", lambda device: 1e9 * next(rates))
+
+
+def test_rows_are_medians_over_interleaved_rounds(scripted):
+    rows = {r["path"]: r for r in speed.run(torch.device("cpu"), images=2, k=K, authors_images=1, batch_size=2,
+                                             rounds=3)}
+    assert list(rows) == ["ours-torch", "ours-triton", "per-image-lean", "authors-pattern", "pythae-pattern",
+                          "roofline"]
+    assert "seconds" not in rows["ours-triton"]
+    assert "need CUDA" in rows["ours-triton"]["note"]
+    # four timed paths per round, in order: ours-torch takes 1, 5, 9 s; pythae 4, 8, 12 s
+    assert [rows[p]["seconds"] for p in ("ours-torch", "per-image-lean", "authors-pattern", "pythae-pattern")] == \
+        [5.0, 6.0, 7.0, 8.0]
+    gemm = 2e9  # the median of 1e9, 2e9, 3e9
+    flops = rows["roofline"]["flops_per_image"]
+    assert rows["roofline"]["seconds"] == pytest.approx(2 * flops / gemm)
+    assert rows["ours-torch"]["ms_per_image"] == pytest.approx(2500.0)
+    assert rows["authors-pattern"]["ms_per_image"] == pytest.approx(7000.0)
+    assert rows["ours-torch"]["speedup_vs_authors"] == pytest.approx(7000.0 / 2500.0)
+    assert rows["ours-torch"]["ratio_to_roofline"] == pytest.approx(2500.0 / rows["roofline"]["ms_per_image"])
+    assert rows["roofline"]["ratio_to_roofline"] == pytest.approx(1.0)
+    assert rows["ours-torch"]["fraction_of_gemm_peak"] == pytest.approx(flops * 2 / 5.0 / gemm)
+
