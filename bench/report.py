@@ -77,21 +77,24 @@ def surgery_table(records: pd.DataFrame, entries: dict) -> pd.DataFrame:
 
 
 def budget_table(entries: dict) -> pd.DataFrame:
-    """Training budget per trained model: epochs done, the paper's schedule, the median seconds per
+    """Training budget per registry entry: epochs done, the paper's schedule, the median seconds per
     epoch measured while training here, and the hours the remaining epochs of that schedule would take
-    at that rate (an upper bound where early stopping may end training sooner)."""
+    at that rate (an upper bound where early stopping may end training sooner); entries never trained
+    say so."""
     rows = []
     for entry in entries.values():
+        cfg = entry.train
+        stop = f", early stopping {cfg.patience}" if cfg.patience < cfg.max_epochs else ""
+        schedule = f"{'up to ' if stop else ''}{cfg.max_epochs} epochs{stop}"
         path = entry.checkpoint.with_suffix(".json")
         if not path.is_file():
+            rows.append({"model": entry.name, "epochs": 0, "schedule": schedule, "s / epoch here": "",
+                         "device": "", "hours to finish here": "not trained"})
             continue
         info = json.loads(path.read_text())
         seconds = pd.Series([h["seconds"] for h in info["history"] if "seconds" in h]).median()
-        cfg = entry.train
-        stop = f", early stopping {cfg.patience}" if cfg.patience < cfg.max_epochs else ""
         remaining = 0 if info.get("finished") else cfg.max_epochs - info["epochs"]
-        rows.append({"model": entry.name, "epochs": info["epochs"],
-                     "schedule": f"{'up to ' if stop else ''}{cfg.max_epochs} epochs{stop}",
+        rows.append({"model": entry.name, "epochs": info["epochs"], "schedule": schedule,
                      "s / epoch here": _fmt(seconds, 1), "device": info.get("device", ""),
                      "hours to finish here": _fmt(remaining * seconds / 3600, 1)})
     return pd.DataFrame(rows)

@@ -133,7 +133,10 @@ def test_budget_table_states_the_time_left_at_the_measured_rate(tmp_path, monkey
     history.append({"epoch": 3, "event": "warm restart from the best checkpoint"})
     (tmp_path / "vae-standard.json").write_text(json.dumps({"epochs": 3, "finished": False, "device": "cpu",
                                                             "history": history}))
-    row = budget_table(registry.REGISTRY).set_index("model").loc["vae-standard"]
+    table = budget_table(registry.REGISTRY).set_index("model")
+    assert list(table.index) == list(registry.REGISTRY)  # every entry, trained or not
+    assert table.loc["vae-mog", "hours to finish here"] == "not trained" and table.loc["vae-mog", "epochs"] == 0
+    row = table.loc["vae-standard"]
     assert row["epochs"] == 3 and row["schedule"] == "up to 2000 epochs, early stopping 50"
     assert row["s / epoch here"] == "8.0"  # the median of the timed epochs
     assert row["hours to finish here"] == f"{(entry.train.max_epochs - 3) * 8.0 / 3600:.1f}"
