@@ -291,25 +291,31 @@ def cmd_all(args: argparse.Namespace) -> int:
 def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="run_bench.py", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--data-dir", help="dataset directory (default: $VAEBENCH_DATA or ~/.cache/vaebench/data)")
-    p.add_argument("--device", default="auto", help="auto, cpu or cuda[:N] (default auto)")
+    # accepted before or after the subcommand: the subcommands' copies only override when given
+    common = argparse.ArgumentParser(add_help=False, argument_default=argparse.SUPPRESS)
+    for q in (p, common):
+        q.add_argument("--data-dir", help="dataset directory (default: $VAEBENCH_DATA or ~/.cache/vaebench/data)")
+        q.add_argument("--device", help="auto, cpu or cuda[:N] (default auto)")
+    p.set_defaults(data_dir=None, device="auto")
     sub = p.add_subparsers(dest="command")
-    sub.add_parser("list", help="the registry and which entries are trained").set_defaults(func=cmd_list)
-    t = sub.add_parser("train", help="train or resume one registry entry")
+    sub.add_parser("list", help="the registry and which entries are trained",
+                   parents=[common]).set_defaults(func=cmd_list)
+    t = sub.add_parser("train", help="train or resume one registry entry", parents=[common])
     t.add_argument("name")
     t.add_argument("--max-epochs", type=int, help="stop this run after this many more epochs (resume later)")
     t.set_defaults(func=cmd_train)
-    e = sub.add_parser("eval", help="full protocol on trained models (default: all) -> results/")
+    e = sub.add_parser("eval", help="full protocol on trained models (default: all) -> results/", parents=[common])
     e.add_argument("names", nargs="*", help="registry names (default: every trained model)")
     _protocol_options(e, k=5000)
     e.add_argument("--force", action="store_true", help="re-evaluate even if a stored record matches")
     e.set_defaults(func=cmd_eval)
-    r = sub.add_parser("report", help="tables and plots from stored results")
+    r = sub.add_parser("report", help="tables and plots from stored results", parents=[common])
     r.add_argument("--out", default=str(ROOT / "results"), help="results folder (default results/)")
     r.set_defaults(func=cmd_report)
-    c = sub.add_parser("check", help="quick protocol on committed checkpoints vs results/baseline.csv")
+    c = sub.add_parser("check", help="quick protocol on committed checkpoints vs results/baseline.csv",
+                       parents=[common])
     c.add_argument("names", nargs="*", help="registry names (default: every trained model)")
-    _protocol_options(c, k=100, n_test=200, surgery_samples=1000)
+    _protocol_options(c, k=100, n_test=200, surgery_samples=1000, out=False)
     c.add_argument("--baseline", default=str(ROOT / "results" / "baseline.csv"))
     c.add_argument("--update", action="store_true", help="write the baseline instead of comparing")
     c.set_defaults(func=cmd_check)
@@ -322,9 +328,10 @@ _PROTOCOL_DEFAULTS = {"k": 5000, "n_test": None, "batch_size": 100, "chunk_size"
 
 
 def _protocol_options(p: argparse.ArgumentParser, k: int, n_test: int | None = None,
-                      surgery_samples: int | None = None) -> None:
+                      surgery_samples: int | None = None, out: bool = True) -> None:
     p.add_argument("--k", type=int, default=k, help=f"importance samples (default {k})")
-    p.add_argument("--n-test", type=int, default=n_test, help="first N test points (default: all)")
+    p.add_argument("--n-test", type=int, default=n_test,
+                   help="a fixed random sample of N test points, the same for every model (default: all)")
     p.add_argument("--batch-size", type=int, default=100, help="test points per batch (default 100)")
     p.add_argument("--chunk-size", type=int, help="samples per chunk (default: what fits a quarter of free GPU "
                                                   "memory or 64 MiB on the CPU, rounded to a multiple of 500)")
@@ -334,7 +341,8 @@ def _protocol_options(p: argparse.ArgumentParser, k: int, n_test: int | None = N
                         "triton on CUDA, torch on CPU)")
     p.add_argument("--surgery-samples", type=int, default=surgery_samples,
                    help="draws from q(z) for the ELBO-surgery expectations (default: one per training point)")
-    p.add_argument("--out", default=str(ROOT / "results"), help="results folder (default results/)")
+    if out:
+        p.add_argument("--out", default=str(ROOT / "results"), help="results folder (default results/)")
 
 
 def main(argv: list[str]) -> int:
@@ -343,14 +351,14 @@ def main(argv: list[str]) -> int:
     from bench.data import DataError
     from bench.results import ResultsError
     from models.checkpoint import CheckpointError
+    from models.registry import UnknownModelError
 
     try:
         return args.func(args)
     except KeyboardInterrupt:
         print("interrupted: finished work is saved; run the same command to resume", file=sys.stderr)
         return 130
-    except (UsageError, DataError, CheckpointError, ResultsError, KeyError, PermissionError,
+    except (UsageError, DataError, CheckpointError, ResultsError, UnknownModelError, PermissionError,
             FloatingPointError) as err:
-        message = err.args[0] if isinstance(err, KeyError) else str(err)
-        print(f"error: {message}", file=sys.stderr)
+        print(f"error: {err}", file=sys.stderr)
         return 2

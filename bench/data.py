@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import pickle
 import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
@@ -136,7 +137,7 @@ def _cached_amat(path: Path) -> torch.Tensor:
     if cached.is_file():
         try:
             return torch.load(cached, weights_only=True).float()
-        except (RuntimeError, EOFError, OSError):
+        except (RuntimeError, EOFError, OSError, pickle.UnpicklingError):
             cached.unlink(missing_ok=True)
     x = parse_amat(path)
     with atomic_path(cached) as tmp:

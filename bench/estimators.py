@@ -60,14 +60,14 @@ def _noise_block(key: np.random.SeedSequence, dim: int, device: torch.device) ->
 
 
 def sample_posterior(q: Distribution, k: int, seed: int | None = None, index: torch.Tensor | None = None,
-                     start: int = 0) -> torch.Tensor:
-    """z ~ q(z|x), [k, B, d]; samples start..start+k-1 of each example's seeded stream if ``seed``."""
+                     start: int = 0, device: torch.device | str = "cpu") -> torch.Tensor:
+    """z ~ q(z|x), [k, B, d]; samples start..start+k-1 of each example's seeded stream (drawn on
+    ``device``) if ``seed``."""
     dim = _noise_dim(q)
     if seed is None or dim is None:
         return q.rsample((k,)) if q.has_rsample else q.sample((k,))
     if index is None:
         index = torch.arange(q.batch_shape[0])
-    device = q.mean.device if hasattr(q, "mean") else "cpu"
     eps = seeded_noise(seed, index, start, start + k, dim, device)
     if isinstance(q, Independent):
         return q.base_dist.loc + q.base_dist.scale * eps
@@ -85,7 +85,7 @@ def weighted_samples(model, x: torch.Tensor, k: int, *, seed: int | None = None,
     """
     q = model.posterior(x) if q is None else q
     prior = model.prior() if prior is None else prior
-    z = sample_posterior(q, k, seed, index, start)
+    z = sample_posterior(q, k, seed, index, start, x.device)
     return z, fused_log_weights(model, q, prior, z, x, backend)
 
 
@@ -213,7 +213,7 @@ def elbo_terms(model, x: torch.Tensor, n_samples: int = 1, *, seed: int | None =
     """
     check_model(model)
     q, prior = model.posterior(x), model.prior()
-    z = sample_posterior(q, n_samples, seed, index)  # [n, B, d]
+    z = sample_posterior(q, n_samples, seed, index, device=x.device)  # [n, B, d]
     reconstruction = model.likelihood(z).log_prob(x).mean(0)
     try:
         kl = kl_divergence(q, prior)

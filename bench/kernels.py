@@ -70,7 +70,7 @@ def _unavailable_reason() -> str | None:
     modes = {_interpret(), *(type(f).__name__ == "InterpretedFunction" for f in (tl.zeros, *_jitted.values()))}
     if len(modes) > 1:
         return ("TRITON_INTERPRET changed after triton was imported, and Triton reads it at import: set it in the "
-                "environment before Python starts (tox does)")
+                "environment before Python starts (tests/conftest.py does)")
     return None
 
 

@@ -9,7 +9,9 @@ training split for the aggregate posterior.
 from __future__ import annotations
 
 import math
+import pickle
 import time
+import warnings
 from pathlib import Path
 
 import torch
@@ -25,10 +27,18 @@ LADDER = (1, 5, 50, 500, 5000)
 
 
 def _load_progress(path: Path | None, key: str) -> dict:
+    """The finished batches stored under ``key``; none if the file is missing, from another run, or
+    unreadable (an unreadable file is removed with a warning: its batches are evaluated again)."""
     if path is None or not path.is_file():
         return {}
-    saved = torch.load(path, weights_only=True)
-    return saved["done"] if saved.get("key") == key else {}
+    try:
+        saved = torch.load(path, weights_only=True)
+    except (RuntimeError, EOFError, OSError, pickle.UnpicklingError) as err:
+        warnings.warn(f"progress file {path} is unreadable ({type(err).__name__}); starting this evaluation "
+                      "again from its first batch", stacklevel=2)
+        path.unlink(missing_ok=True)
+        return {}
+    return saved["done"] if isinstance(saved, dict) and saved.get("key") == key else {}
 
 
 def _save_progress(path: Path | None, key: str, done: dict) -> None:

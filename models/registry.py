@@ -2,14 +2,14 @@
 
 Each entry fixes the dataset (and its split), the architecture (``ModelConfig``), the training
 (``TrainConfig``), the checkpoint path and the published number. The training settings are the
-papers' (see ``../shared/reference/paper-numbers.md``); ``budget_epochs`` is how many epochs the
-committed checkpoint was trained for on this project's CPU machines, when that is fewer.
+papers' (see ``../shared/reference/paper-numbers.md``); how far each committed checkpoint got is in
+the JSON next to it and in the report's training-budget table.
 """
 from __future__ import annotations
 
 import difflib
 import hashlib
-from dataclasses import dataclass, replace
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
 import torch
@@ -20,6 +20,13 @@ from models.train import TrainConfig
 from models.vae import ModelConfig, build_model
 
 CHECKPOINTS = Path(__file__).resolve().parent / "checkpoints"
+
+
+class UnknownModelError(KeyError):
+    """A model name that is not in the registry; the message suggests the closest names."""
+
+    def __str__(self) -> str:
+        return str(self.args[0])
 
 
 @dataclass(frozen=True)
@@ -42,7 +49,6 @@ class Entry:
     n_valid: int | None = None
     published: tuple[Published, ...] = ()
     group: str = ""
-    budget_epochs: int | None = None
 
     @property
     def checkpoint(self) -> Path:
@@ -115,12 +121,12 @@ REGISTRY: dict[str, Entry] = {e.name: e for e in ENTRIES}
 
 
 def get(name: str) -> Entry:
-    """The entry called ``name``; a ``KeyError`` that suggests the closest names otherwise."""
+    """The entry called ``name``; an :class:`UnknownModelError` that suggests the closest names otherwise."""
     if name in REGISTRY:
         return REGISTRY[name]
     close = difflib.get_close_matches(name, REGISTRY, n=3, cutoff=0.5)
     hint = f"; did you mean {', '.join(close)}?" if close else "; `python run_bench.py list` shows them"
-    raise KeyError(f"unknown model {name!r}{hint}")
+    raise UnknownModelError(f"unknown model {name!r}{hint}")
 
 
 def build(entry: Entry, data: Dataset | None = None) -> torch.nn.Module:
@@ -138,6 +144,13 @@ def load(entry: Entry) -> torch.nn.Module:
         raise CheckpointError(f"checkpoint {entry.checkpoint} does not match registry entry {entry.name!r} "
                               f"({str(err).splitlines()[0]}); retrain with `python run_bench.py train "
                               f"{entry.name}` or restore the file with git") from None
+    meta, fix = saved.get("meta", {}), (f"retrain with `python run_bench.py train {entry.name}` or restore the "
+                                        "file with git")
+    if meta.get("name", entry.name) != entry.name:
+        raise CheckpointError(f"checkpoint {entry.checkpoint} holds model {meta['name']!r}, not {entry.name!r}; {fix}")
+    if meta.get("model", asdict(entry.model)) != asdict(entry.model):
+        raise CheckpointError(f"checkpoint {entry.checkpoint} was trained with model settings {meta['model']}, but "
+                              f"registry entry {entry.name!r} says {asdict(entry.model)}; {fix}")
     bad = [name for name, value in model.state_dict().items() if value.is_floating_point() and not value.isfinite().all()]
     if bad:
         raise CheckpointError(f"checkpoint {entry.checkpoint} holds NaN or infinite values in {', '.join(bad[:3])}; "

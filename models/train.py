@@ -2,7 +2,8 @@
 
 Objective per example, with beta = min(1, epoch / warmup) on the prior/posterior ratio and
 log w^beta = log p(x|z_k) + beta (log p(z_k) - log q(z_k|x)):
-    IWAE: L_k^beta = log (1/k) sum_k exp(log w^beta_k);   ELBO: (1/k) sum_k log w^beta_k. Model selection: the best validation ELBO (beta = 1); stop after
+    IWAE: L_k^beta = log (1/k) sum_k exp(log w^beta_k);   ELBO: (1/k) sum_k log w^beta_k.
+Model selection: the best validation ELBO (beta = 1); stop after
 ``patience`` epochs without improvement, counted only once warm-up is over.
 """
 from __future__ import annotations
@@ -18,7 +19,7 @@ from tqdm import tqdm
 
 from bench.data import Dataset
 from bench.estimators import elbo, sample_posterior
-from models.checkpoint import atomic_save, atomic_write_json, load_state
+from models.checkpoint import CheckpointError, atomic_save, atomic_write_json, load_state
 
 
 @dataclass
@@ -69,10 +70,23 @@ def validation_elbo(model, x: torch.Tensor, batch_size: int = 1000) -> float:
     return float(torch.cat(values).double().mean())
 
 
+def _load_weights(model: torch.nn.Module, saved: dict, path: Path, opt: torch.optim.Optimizer | None = None) -> None:
+    """Load ``saved`` (and the optimiser's state) into ``model``; a :class:`CheckpointError` naming
+    ``path`` when it was written for another architecture."""
+    try:
+        model.load_state_dict(saved["model"])
+        if opt is not None:
+            opt.load_state_dict(saved["optimizer"])
+    except (RuntimeError, KeyError, ValueError) as err:
+        raise CheckpointError(f"{path} does not match this model ({str(err).splitlines()[0]}): it was written "
+                              "for other registry settings; delete it to train from scratch, or restore it with "
+                              "git") from None
+
+
 def _warm_restart(model: torch.nn.Module, best_path: Path, seed: int, gen: torch.Generator) -> dict:
     """Continue from a committed best checkpoint when the per-epoch state file is gone (a fresh
     clone): the best weights, the epoch count and history; Adam's moments start again from zero."""
-    model.load_state_dict(load_state(best_path)["model"])
+    _load_weights(model, load_state(best_path), best_path)
     info = json.loads(best_path.with_suffix(".json").read_text())
     since_best = info["epochs"] - max(info["history"], key=lambda r: r.get("valid_elbo", -math.inf))["epoch"]
     gen.manual_seed(seed + info["epochs"])
@@ -100,8 +114,7 @@ def train(model: torch.nn.Module, data: Dataset, cfg: TrainConfig, state_path: P
     st = {"epoch": 0, "best": -math.inf, "since_best": 0, "history": [], "wall_time": 0.0, "done": False}
     if state_path.is_file():
         saved = load_state(state_path)
-        model.load_state_dict(saved["model"])
-        opt.load_state_dict(saved["optimizer"])
+        _load_weights(model, saved, state_path, opt)
         gen.set_state(saved["data_rng"])
         torch.set_rng_state(saved["torch_rng"])
         st = saved["progress"]

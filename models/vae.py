@@ -1,7 +1,7 @@
 """One- and two-level VAEs with Bernoulli decoders, implementing the ``bench.interface`` methods."""
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 
 import torch
 from torch import nn
@@ -24,9 +24,6 @@ class ModelConfig:
     n_components: int = 500
     levels: int = 1  # 1: VAE; 2: the VampPrior paper's two-level HVAE (z1 and z2 both z_dim)
     logvar_limits: tuple[float, float] = field(default=(-6.0, 2.0))
-
-    def to_dict(self) -> dict:
-        return asdict(self)
 
 
 class BernoulliDecoder(nn.Module):

@@ -151,3 +151,25 @@ def test_gated_layer_is_value_times_sigmoid_gate():
     expected = (x @ layer.value.weight.T + layer.value.bias) * torch.sigmoid(x @ layer.gate.weight.T + layer.gate.bias)
     torch.testing.assert_close(layer(x), expected, rtol=0, atol=1e-12)
     assert set(layer.state_dict()) == {"value.weight", "value.bias", "gate.weight", "gate.bias"}
+
+
+@pytest.mark.parametrize("argv,device,data_dir", [
+    ([], "auto", None),
+    (["--device", "cpu", "eval"], "cpu", None),
+    (["eval", "--device", "cpu", "--data-dir", "d"], "cpu", "d"),
+    (["--device", "cuda", "--data-dir", "d", "check", "--device", "cpu"], "cpu", "d"),
+    (["list"], "auto", None),
+])
+def test_device_and_data_dir_go_before_or_after_the_subcommand(argv, device, data_dir):
+    args = cli.parser().parse_args(argv)
+    assert (args.device, args.data_dir) == (device, data_dir)
+
+
+def test_sources_table_lists_every_published_number_with_its_note():
+    from bench.report import sources_table
+
+    table = sources_table(registry.REGISTRY)
+    published = [(e.name, p.metric, p.value) for e in registry.REGISTRY.values() for p in e.published]
+    assert list(zip(table.model, table.metric, table.value.astype(float))) == published
+    vamp = table[table.model == "vae-vampprior"].iloc[0]
+    assert vamp.value == "-85.57" and "pythae" in vamp.note

@@ -47,6 +47,34 @@ def test_checkpoint_with_wrong_shapes_is_refused(tmp_path, monkeypatch):
         registry.load(entry)
 
 
+def test_checkpoint_of_another_entry_with_the_same_shapes_is_refused(tmp_path, monkeypatch):
+    """digits-standard and a copy of its entry with another name share every tensor shape: only the
+    checkpoint's own record of its name and settings tells them apart."""
+    source = registry.load_state(registry.get("digits-standard").checkpoint)
+    monkeypatch.setattr(registry, "CHECKPOINTS", tmp_path)
+    atomic_save(source, tmp_path / f"{TINY}.pt")
+    monkeypatch.setitem(registry.REGISTRY, TINY, replace(registry.get("digits-standard"), name=TINY))
+    with pytest.raises(CheckpointError, match=f"holds model 'digits-standard', not '{TINY}'"):
+        registry.load(registry.get(TINY))
+    atomic_save({**source, "meta": {**source["meta"], "name": TINY}}, tmp_path / f"{TINY}.pt")
+    registry.load(registry.get(TINY))  # same name and settings: accepted
+    moved = replace(registry.get(TINY), model=replace(registry.get(TINY).model, logvar_limits=(-7.0, 2.0)))
+    monkeypatch.setitem(registry.REGISTRY, TINY, moved)
+    with pytest.raises(CheckpointError, match="was trained with model settings"):
+        registry.load(registry.get(TINY))
+
+
+def test_training_state_of_another_architecture_is_a_clear_error(tmp_path):
+    data = load_dataset("digits")
+    data.train, data.valid = data.train[:100], data.valid[:50]
+    cfg = TrainConfig(lr=3e-3, batch_size=50, warmup_epochs=1, max_epochs=2, patience=10, seed=5)
+    config = ModelConfig(x_dim=64, z_dim=3, hidden=16, depth=1)
+    train(build_model(config), data, cfg, tmp_path / "state.pt", tmp_path / "best.pt", {"name": "t"}, max_epochs=1)
+    with pytest.raises(CheckpointError, match="state.pt does not match this model"):
+        train(build_model(replace(config, hidden=8)), data, cfg, tmp_path / "state.pt", tmp_path / "best.pt",
+              {"name": "t"})
+
+
 def test_truncated_checkpoint_is_a_clear_error(tmp_path):
     good = registry.get(TINY).checkpoint.read_bytes()
     path = tmp_path / "cut.pt"
@@ -135,6 +163,18 @@ def test_progress_survives_until_the_record_is_stored(tmp_path):
     progress = tmp_path / "p.progress.pt"
     evaluate(registry.load(registry.get(TINY)), load_dataset("digits"), k=50, n_test=20, progress_path=progress)
     assert progress.is_file()  # the CLI removes it only after writing the record
+
+
+def test_unreadable_progress_file_is_replaced_with_a_warning(tmp_path):
+    from bench.protocol import evaluate
+
+    model, data = registry.load(registry.get(TINY)), load_dataset("digits")
+    want, _ = evaluate(model, data, k=50, n_test=20)
+    progress = tmp_path / "p.progress.pt"
+    progress.write_bytes(b"not a torch file")
+    with pytest.warns(UserWarning, match="p.progress.pt is unreadable"):
+        got, _ = evaluate(model, data, k=50, n_test=20, progress_path=progress)
+    assert got["log_likelihood"] == want["log_likelihood"]
 
 
 def test_cli_unwritable_output_folder(tmp_path):
