@@ -258,7 +258,8 @@ def fp32_peak(name: str) -> float | None:
 
 
 def load_images(n: int, device: torch.device) -> tuple[torch.Tensor, str]:
-    """The first n static binarized MNIST test images, or random binary images when the files are missing."""
+    """The first n static binarized MNIST test images, or random binary images when the dataset cannot be
+    loaded (files missing and no download possible)."""
     try:
         test = load_dataset("binarized-mnist").test
     except DataError as err:

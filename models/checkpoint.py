@@ -36,6 +36,9 @@ def load_state(path: Path) -> dict:
     try:
         return torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as err:
+        if "global" not in str(err).lower():  # the unpickler met no class or function: a damaged pickle
+            raise CheckpointError(f"checkpoint {path} is corrupt ({str(err).splitlines()[0]}); delete it and "
+                                  "retrain, or restore it with `git checkout -- <path>`") from None
         raise CheckpointError(f"checkpoint {path} was refused: it holds objects other than tensors and plain "
                               f"values, which could run code when loaded ({str(err).splitlines()[0]}). "
                               "Do not use it; retrain or fetch the file again") from None

@@ -105,6 +105,19 @@ def test_checkpoint_that_runs_code_is_refused_without_running_it(tmp_path):
     assert not marker.exists()
 
 
+def test_damaged_pickle_in_a_valid_archive_is_called_corrupt_not_unsafe(tmp_path):
+    import zipfile
+
+    good, bad = tmp_path / "good.pt", tmp_path / "bad.pt"
+    torch.save({"model": {"w": torch.zeros(2)}}, good)
+    with zipfile.ZipFile(good) as src, zipfile.ZipFile(bad, "w") as dst:
+        for item in src.infolist():
+            data = src.read(item)
+            dst.writestr(item, b"\x80\x02garbage" if item.filename.endswith("data.pkl") else data)
+    with pytest.raises(CheckpointError, match="is corrupt"):
+        load_state(bad)
+
+
 # --- command line ------------------------------------------------------------------------------
 
 @pytest.mark.parametrize("args,message", [
