@@ -28,11 +28,13 @@ class UsageError(ValueError):
 
 
 def code_version() -> str:
-    """``git describe``-style id of the code: the commit, with ``-dirty`` for uncommitted changes."""
+    """``git describe``-style id of the code: the commit, with ``-dirty`` for uncommitted changes to
+    tracked files other than checkpoints and results (which training and evaluation themselves write)."""
     try:
         sha = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True,
                              check=True).stdout.strip()
-        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=ROOT,
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no", "--", ".",
+                                ":(exclude)models/checkpoints", ":(exclude)results"], cwd=ROOT,
                                capture_output=True, text=True, check=True).stdout.strip()
         return sha + ("-dirty" if dirty else "")
     except (OSError, subprocess.CalledProcessError):
