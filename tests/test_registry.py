@@ -173,3 +173,26 @@ def test_sources_table_lists_every_published_number_with_its_note():
     assert list(zip(table.model, table.metric, table.value.astype(float))) == published
     vamp = table[table.model == "vae-vampprior"].iloc[0]
     assert vamp.value == "-85.57" and "pythae" in vamp.note
+
+
+def test_code_version_ignores_what_training_and_evaluation_write(tmp_path, monkeypatch):
+    import subprocess
+
+    def git(*args: str) -> None:
+        subprocess.run(["git", "-c", "user.name=t", "-c", "user.email=t@t", *args], cwd=tmp_path, check=True,
+                       capture_output=True)
+
+    for name in ("models/checkpoints/m.pt", "results/metrics.csv", "bench/code.py"):
+        (tmp_path / name).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / name).write_text("a")
+    git("init", "-q")
+    git("add", ".")
+    git("commit", "-qm", "x")
+    monkeypatch.setattr(cli, "ROOT", tmp_path)
+    clean = cli.code_version()
+    assert clean and not clean.endswith("-dirty")
+    (tmp_path / "models/checkpoints/m.pt").write_text("b")
+    (tmp_path / "results/metrics.csv").write_text("b")
+    assert cli.code_version() == clean
+    (tmp_path / "bench/code.py").write_text("b")
+    assert cli.code_version() == clean + "-dirty"
