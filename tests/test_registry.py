@@ -1,5 +1,6 @@
 """Every registry entry builds a model that meets the interface; committed checkpoints load; the CLI runs."""
 import json
+import math
 from dataclasses import replace
 
 import pytest
@@ -122,6 +123,32 @@ def test_prior_ordering_uses_paired_differences(tmp_path):
     # resolved, and only the shared points count (vamp/mog share 10..59, mog/standard 10..49)
     assert "vamp − mog = -0.10 ± 0.00 nats (reversed; 50 shared test points)" in text
     assert "mog − standard = +0.05 ± 0.00 nats (holds; 40 shared test points)" in text
+
+
+def test_whole_test_set_estimate_from_a_subset_uses_the_best_paired_reference(tmp_path):
+    import pandas as pd
+
+    from bench.report import whole_test_estimates
+
+    folder = tmp_path / "per_example"
+    folder.mkdir()
+    gen = torch.Generator().manual_seed(0)
+    base = -100 + 10 * torch.randn(200, generator=gen, dtype=torch.float64)
+    subset = torch.randperm(200, generator=gen)[:50].sort().values
+    noise = torch.randn(50, generator=gen, dtype=torch.float64)
+    values = {"full-a": (torch.arange(200), base), "full-b": (torch.arange(200), base + 3.0 * torch.randn(
+        200, generator=gen, dtype=torch.float64)), "sub": (subset, base[subset] + 0.5 + 0.1 * noise),
+        "other-data": (torch.arange(200), base)}
+    for name, (index, v) in values.items():
+        pd.DataFrame({"test_index": index.numpy(), "L_5000": v.numpy()}).to_csv(folder / f"{name}.csv.gz", index=False)
+    records = pd.DataFrame({"model": list(values), "k": 5000, "dataset": ["d", "d", "d", "e"]})
+    estimates = whole_test_estimates(records, tmp_path)
+    assert set(estimates) == {"sub"}  # only subset rows with a same-data reference on more points
+    estimate, se, ref = estimates["sub"]
+    diff = 0.5 + 0.1 * noise  # sub - full-a on the subset, exactly
+    assert ref == "full-a"  # its paired differences vary least
+    assert estimate == pytest.approx(float(base.mean() + diff.mean()), abs=1e-9)
+    assert se == pytest.approx(float(diff.std() / math.sqrt(50) * math.sqrt(1 - 50 / 200)), rel=1e-9)
 
 
 def test_budget_table_states_the_time_left_at_the_measured_rate(tmp_path, monkeypatch):
