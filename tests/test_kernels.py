@@ -13,11 +13,23 @@ import math
 
 import pytest
 import torch
-from hypothesis import given, settings, strategies as st
-from torch.distributions import Bernoulli, Categorical, Independent, MixtureSameFamily, Normal
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from torch.distributions import (
+    Bernoulli,
+    Categorical,
+    Independent,
+    MixtureSameFamily,
+    Normal,
+)
 
 from bench import kernels
-from bench.kernels import bernoulli_log_lik, fused_log_weights, mixture_log_prob, supports_fused
+from bench.kernels import (
+    bernoulli_log_lik,
+    fused_log_weights,
+    mixture_log_prob,
+    supports_fused,
+)
 from models.vae import ModelConfig, build_model
 from tests.closed_form import PPCA
 
@@ -25,6 +37,7 @@ UNAVAILABLE = kernels._unavailable_reason()
 pytestmark = pytest.mark.skipif(UNAVAILABLE is not None, reason=f"the triton backend cannot run: {UNAVAILABLE}")
 
 ATOL = 1e-3
+DEVICE = torch.device("cuda" if torch.cuda.is_available() else "cpu")  # compiled kernels need CUDA tensors
 
 
 def decoder_case(k: int, b: int, h: int, d: int, logit_scale: float, seed: int):
@@ -34,7 +47,7 @@ def decoder_case(k: int, b: int, h: int, d: int, logit_scale: float, seed: int):
     weight = torch.randn(d, h, generator=gen) * (logit_scale / math.sqrt(h))
     bias = torch.randn(d, generator=gen)
     x = (torch.rand(b, d, generator=gen) < 0.5).float()
-    return features, weight, bias, x
+    return features.to(DEVICE), weight.to(DEVICE), bias.to(DEVICE), x.to(DEVICE)
 
 
 def check_bernoulli(k: int, b: int, h: int, d: int, logit_scale: float = 3.0, seed: int = 0, rtol: float = 0.0):
@@ -92,7 +105,7 @@ def mixture_case(c: int, d: int, seed: int, shape=(3, 7)):
     loc = torch.randn(c, d, generator=gen)
     scale = 0.5 + torch.rand(c, d, generator=gen)
     log_mix = torch.log_softmax(torch.randn(c, generator=gen), dim=0)
-    return z, loc, scale, log_mix
+    return z.to(DEVICE), loc.to(DEVICE), scale.to(DEVICE), log_mix.to(DEVICE)
 
 
 @pytest.mark.parametrize("c", [1, 500, 513])
@@ -123,8 +136,8 @@ def test_fused_log_weights_match_plain_path(prior, levels):
     torch.manual_seed(0)
     config = ModelConfig(x_dim=784, z_dim=4, hidden=32, depth=2, net="gated", prior=prior, n_components=7,
                          levels=levels)
-    model = build_model(config).eval()
-    x = (torch.rand(5, 784) < 0.3).float()
+    model = build_model(config).to(DEVICE).eval()
+    x = (torch.rand(5, 784) < 0.3).float().to(DEVICE)
     with torch.no_grad():
         q, p = model.posterior(x), model.prior()
         z = q.sample((3,))
