@@ -13,7 +13,7 @@ import torch
 from torch.distributions import Distribution, Independent, Normal, kl_divergence
 
 from bench.interface import check_model
-from bench.kernels import fused_log_weights
+from bench.kernels import fused_log_weights, keyed_normals
 
 NOISE_BLOCK = 500
 DEFAULT_MEMORY_BYTES = 64 * 2**20  # on the CPU, chunks of ~5,000 rows stay in cache and run fastest
@@ -33,30 +33,30 @@ def seeded_noise(seed: int, index: torch.Tensor, start: int, stop: int, dim: int
                  device: torch.device | str = "cpu") -> torch.Tensor:
     """Standard normal noise for samples start..stop-1 of each example: [stop - start, B, dim].
 
-    Example ``index[b]`` owns a stream cut into blocks of ``NOISE_BLOCK`` samples, each drawn from
-    its own generator keyed by ``numpy.random.SeedSequence([seed, index, block])``, so the values do
-    not depend on how examples are batched or samples chunked, and distinct keys never share a
-    stream. On the CPU the generator is numpy's Philox (a 128-bit key; torch's CPU generator keeps
-    only 32 bits of a seed); on CUDA it is torch's Philox with a 64-bit seed from the same sequence.
+    Each value is fixed by (seed, example ``index[b]``, sample, coordinate), so results do not depend
+    on how examples are batched or samples chunked, and distinct examples never share a stream.
+    On the CPU: numpy's Philox (a 128-bit key; torch's CPU generator keeps only 32 bits of a seed),
+    example ``index[b]``'s stream cut into blocks of ``NOISE_BLOCK`` samples, each keyed by
+    ``numpy.random.SeedSequence([seed, index, block])``. On CUDA: Triton's Philox in one launch
+    (:func:`bench.kernels.keyed_normals`). The two devices draw different (equally valid) samples.
     """
     if seed < 0:
         raise ValueError(f"seed={seed}: use a non-negative integer")
     device = torch.device(device)
+    if device.type == "cuda":
+        return keyed_normals(seed, index, start, stop, dim, device)
     first, last = start // NOISE_BLOCK, (stop - 1) // NOISE_BLOCK
     columns = []
     for i in index.tolist():
-        blocks = [_noise_block(np.random.SeedSequence([seed, i, block]), dim, device) for block in range(first, last + 1)]
+        blocks = [_noise_block(np.random.SeedSequence([seed, i, block]), dim) for block in range(first, last + 1)]
         columns.append(torch.cat(blocks)[start - first * NOISE_BLOCK: stop - first * NOISE_BLOCK])
-    return torch.stack(columns, dim=1)
+    return torch.stack(columns, dim=1).to(device)
 
 
-def _noise_block(key: np.random.SeedSequence, dim: int, device: torch.device) -> torch.Tensor:
-    """[NOISE_BLOCK, dim] standard normals from the stream ``key``."""
-    if device.type == "cuda":
-        gen = torch.Generator(device=device).manual_seed(int(key.generate_state(1, np.uint64)[0] >> 1))
-        return torch.randn(NOISE_BLOCK, dim, generator=gen, device=device)
+def _noise_block(key: np.random.SeedSequence, dim: int) -> torch.Tensor:
+    """[NOISE_BLOCK, dim] standard normals from numpy's Philox stream ``key``."""
     values = np.random.Generator(np.random.Philox(key)).standard_normal((NOISE_BLOCK, dim), dtype=np.float32)
-    return torch.from_numpy(values).to(device)
+    return torch.from_numpy(values)
 
 
 def sample_posterior(q: Distribution, k: int, seed: int | None = None, index: torch.Tensor | None = None,

@@ -12,7 +12,8 @@ with p_c = 1 / s_c^2, so the kernel runs that product tile by tile over the C co
 running max and running sum per row (online logsumexp): the [S, C] table never exists either.
 
 Both kernels compute in float32 with full-precision products (``input_precision="ieee"``, Triton
-3.0 or later; a GPU run may set ``DOT_PRECISION = "tf32"`` where its error is acceptable), return
+3.0 or later; :func:`dot_precision` switches to ``"tf32x3"`` or ``"tf32"`` tensor-core products, whose
+error on trained models ``bench.precision`` measures), return
 float32 (float64 for float64 inputs) and carry no autograd graph. Without CUDA they run under the
 Triton interpreter, which needs ``TRITON_INTERPRET=1`` in the environment before ``triton`` is
 first imported (Triton reads it when it defines its own library functions). This module imports
@@ -20,9 +21,11 @@ first imported (Triton reads it when it defines its own library functions). This
 """
 from __future__ import annotations
 
+import contextlib
 import importlib
 import math
 import os
+from collections.abc import Iterator
 
 import torch
 from torch import nn
@@ -38,6 +41,7 @@ BLOCK_M = 64
 BLOCK_N = 64
 BLOCK_K = 32
 DOT_PRECISION = "ieee"
+DOT_PRECISIONS = ("ieee", "tf32x3", "tf32")
 BACKENDS = ("torch", "triton")
 _FIX = "set TRITON_INTERPRET=1 to run Triton kernels on the CPU, or use backend='torch'"
 _jitted: dict[str, object] = {}
@@ -55,7 +59,7 @@ def _load_triton() -> bool:
             triton, tl = importlib.import_module("triton"), importlib.import_module("triton.language")
         except ImportError:
             return False
-        _jitted.update((fn.__name__, triton.jit(fn)) for fn in (_bernoulli_kernel, _mixture_kernel))
+        _jitted.update((fn.__name__, triton.jit(fn)) for fn in (_bernoulli_kernel, _mixture_kernel, _normal_kernel))
     return True
 
 
@@ -80,6 +84,20 @@ def triton_available() -> bool:
     Imports ``triton`` only when one of the two holds.
     """
     return _unavailable_reason() is None
+
+
+@contextlib.contextmanager
+def dot_precision(precision: str) -> Iterator[None]:
+    """Within the block, the kernels' products use ``precision``: ``ieee`` (float32 FMA), ``tf32x3``
+    (three TF32 tensor-core products, near float32) or ``tf32`` (one, 10-bit mantissa)."""
+    global DOT_PRECISION
+    if precision not in DOT_PRECISIONS:
+        raise ValueError(f"unknown dot precision {precision!r}: use one of {', '.join(DOT_PRECISIONS)}")
+    before, DOT_PRECISION = DOT_PRECISION, precision
+    try:
+        yield
+    finally:
+        DOT_PRECISION = before
 
 
 def _check_backend(backend: str, *tensors: torch.Tensor) -> None:
@@ -159,6 +177,16 @@ def _mixture_kernel(z_ptr, a_ptr, b_ptr, const_ptr, out_ptr, S, C, d,
     tl.store(out_ptr + rows, run_max + tl.log(run_sum), mask=row_ok)
 
 
+def _normal_kernel(key_ptr, out_ptr, start, n_values, dim, B, BLOCK: tl.constexpr):
+    """out[s, b, j] = tl.randn(key[b], (start + s) * dim + j) for the n_values = n * dim values of example b."""
+    b = tl.program_id(0)
+    offsets = tl.program_id(1) * BLOCK + tl.arange(0, BLOCK)
+    ok = offsets < n_values
+    z = tl.randn(tl.load(key_ptr + b), start * dim + offsets)
+    rows = (offsets // dim).to(tl.int64)
+    tl.store(out_ptr + rows * B * dim + b * dim + offsets % dim, z, mask=ok)
+
+
 def bernoulli_log_lik(h: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor, x: torch.Tensor,
                       backend: str = "torch") -> torch.Tensor:
     """sum_j x_bj l_kbj - softplus(l_kbj) with l = h W^T + bias: the Bernoulli log-likelihood, [K, B].
@@ -236,3 +264,34 @@ def fused_log_weights(model, q: Distribution, prior: Distribution, z: torch.Tens
     else:
         log_prior = prior.log_prob(z)
     return log_lik + log_prior - q.log_prob(z)
+
+
+KEY_INDEX_BITS = 40
+NORMAL_BLOCK = 1024
+
+
+def keyed_normals(seed: int, index: torch.Tensor, start: int, stop: int, dim: int,
+                  device: torch.device | str = "cuda") -> torch.Tensor:
+    """Standard normals [stop - start, B, dim] from Triton's counter-based Philox (``tl.randn``).
+
+    Value (s, b, j) is Philox keyed by ``seed * 2**40 + index[b]`` at counter ``s * dim + j``: a pure
+    function of (seed, example, sample, coordinate), so any batching or chunking gives the same
+    numbers, and distinct (seed, example) keys never share a stream. One launch for the whole
+    [samples, batch] block. Needs CUDA, or ``TRITON_INTERPRET=1`` on the CPU (a test aid).
+    """
+    if not 0 <= seed < 2 ** (63 - KEY_INDEX_BITS):
+        raise ValueError(f"seed={seed}: use an integer in 0..{2 ** (63 - KEY_INDEX_BITS) - 1}")
+    if stop * dim >= 2**31:
+        raise ValueError(f"{stop} samples of dimension {dim}: the Philox counter (sample * dim + j) must stay "
+                         "below 2**31; use fewer samples")
+    index = torch.as_tensor(index, dtype=torch.int64)
+    if len(index) and not (0 <= int(index.min()) and int(index.max()) < 2**KEY_INDEX_BITS):
+        raise ValueError(f"example indices must lie in 0..2**{KEY_INDEX_BITS} - 1")
+    keys = (index + (seed << KEY_INDEX_BITS)).to(device)
+    _check_backend("triton", keys)
+    n = stop - start
+    out = torch.empty(n, len(index), dim, dtype=torch.float32, device=keys.device)
+    if out.numel():
+        _jitted["_normal_kernel"][(len(index), triton.cdiv(n * dim, NORMAL_BLOCK))](
+            keys, out, start, n * dim, dim, len(index), BLOCK=NORMAL_BLOCK)
+    return out

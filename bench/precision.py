@@ -8,7 +8,8 @@ the noise is drawn in float32 and shared) under each set-up and compared with fl
 - ``torch-fp32``: float32, torch log-weights, full-precision matrix products (the protocol's CPU path);
 - ``torch-tf32``: float32 with TF32 matrix products in every layer (``torch.set_float32_matmul_precision("high")``);
 - ``triton-ieee``: float32, the fused kernels with full-precision products (the protocol's CUDA path);
-- ``triton-tf32``: the fused kernels with TF32 products (``bench.kernels.DOT_PRECISION = "tf32"``).
+- ``triton-tf32x3`` / ``triton-tf32``: the fused kernels with three / one TF32 tensor-core products per
+  float32 product (``bench.kernels.dot_precision``).
 
 The TF32 set-ups need CUDA and the Triton ones CUDA or the Triton interpreter; a set-up that cannot run is
 listed as skipped. CSV columns: model, setup, device, images, k, mean_ll, mean_error (mean
@@ -20,6 +21,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import copy
+import os
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -32,33 +34,33 @@ from bench.estimators import iwae_bound
 from bench.files import atomic_write_text
 from bench.protocol import test_subset
 
-SETUPS = ("float64", "torch-fp32", "torch-tf32", "triton-ieee", "triton-tf32")
+SETUPS = ("float64", "torch-fp32", "torch-tf32", "triton-ieee", "triton-tf32x3", "triton-tf32")
 DEFAULT_MODELS = ("vae-vampprior", "hvae-vampprior", "iwae-mnist-iwae-k5")
 COLUMNS = ["model", "setup", "device", "images", "k", "mean_ll", "mean_error", "max_abs_error", "seconds", "note"]
 
 
 @contextlib.contextmanager
 def arithmetic(setup: str) -> Iterator[None]:
-    """Switch TF32 on for the ``*-tf32`` set-ups (torch's matmul precision, or the kernels' dot precision)."""
-    matmul, dot = torch.get_float32_matmul_precision(), kernels.DOT_PRECISION
+    """TF32 on for the ``*tf32*`` set-ups: torch's matmul precision, or the kernels' dot precision."""
+    matmul = torch.get_float32_matmul_precision()
     if setup == "torch-tf32":
         torch.set_float32_matmul_precision("high")
-    if setup == "triton-tf32":
-        kernels.DOT_PRECISION = "tf32"
+    dot = setup.removeprefix("triton-") if setup.startswith("triton-") else kernels.DOT_PRECISION
     try:
-        yield
+        with kernels.dot_precision(dot):
+            yield
     finally:
         torch.set_float32_matmul_precision(matmul)
-        kernels.DOT_PRECISION = dot
 
 
 def skip_reason(setup: str, device: torch.device) -> str | None:
     """Why ``setup`` is not measured on ``device``, or None. ``triton-ieee`` also runs on the CPU under
     ``TRITON_INTERPRET=1`` (slowly: a correctness check, its seconds mean nothing)."""
-    if setup.endswith("tf32") and device.type != "cuda":
+    if "tf32" in setup and device.type != "cuda":
         return "skipped: TF32 needs CUDA"
-    if setup.startswith("triton") and not kernels.triton_available():
-        return "skipped: triton cannot run here (CUDA, or TRITON_INTERPRET=1 on the CPU)"
+    interpreted = os.environ.get("TRITON_INTERPRET") == "1"
+    if setup.startswith("triton") and not (kernels.triton_available() and (device.type == "cuda" or interpreted)):
+        return "skipped: the kernels need CUDA tensors here (or TRITON_INTERPRET=1 on a machine without CUDA)"
     return None
 
 

@@ -7,6 +7,8 @@ random weights, in eval mode under ``torch.no_grad``. The comparisons are those 
 - ``ours-torch`` / ``ours-triton``: :func:`bench.estimators.iwae_bound` over batches of images
   (chunked over K, pseudo-inputs encoded once per call) with the torch or the fused Triton
   log-weights. Triton runs on CUDA only: on the CPU its interpreter is a test aid, not a speed path.
+- ``ours-triton-tf32x3``: the same with the kernels' products on TF32 tensor cores, three per product
+  (near-float32; its error on trained models is in ``results/precision.csv``).
 - ``per-image-lean``: a careful per-image script (:func:`per_image_lean`).
 - ``authors-pattern``: the VampPrior authors' ``calculate_likelihood`` pattern
   (:func:`authors_pattern`), timed on a few images only.
@@ -23,7 +25,7 @@ images / seconds), fraction_of_gemm_peak (achieved / the measured GEMM rate), fr
 (achieved / the looked-up non-tensor-core float32 peak in ``FP32_PEAK_TFLOPS``; CUDA only),
 peak_memory_mb (see :class:`PeakMemory`), speedup_vs_per_image_lean, speedup_vs_authors and speedup_vs_pythae (their
 ms_per_image / this one's), ratio_to_roofline (this ms_per_image / the roofline's),
-max_abs_diff_vs_torch (ours-triton: the largest |L_K triton - L_K torch| over the images, same
+max_abs_diff_vs_torch (ours-triton*: the largest |L_K triton - L_K torch| over the images, same
 seeded samples), data, note.
 """
 from __future__ import annotations
@@ -51,7 +53,7 @@ from bench.allocator import keep_freed_memory
 from bench.data import DataError, load_dataset
 from bench.estimators import iwae_bound
 from bench.files import atomic_path
-from bench.kernels import triton_available
+from bench.kernels import dot_precision, triton_available
 from models.vae import VAE, ModelConfig
 
 VAMP_MNIST = ModelConfig(x_dim=784, z_dim=40, hidden=300, depth=2, net="gated", prior="vamp", n_components=500)
@@ -175,12 +177,14 @@ def gemm_flops_per_s(device: torch.device, shape: tuple[int, int, int] = GEMM_SH
 
 
 @torch.no_grad()
-def ours(model: VAE, x: torch.Tensor, k: int, backend: str, batch_size: int) -> torch.Tensor:
-    """L_k per image [N] with ``iwae_bound`` over batches of ``batch_size`` images, seeded per image."""
+def ours(model: VAE, x: torch.Tensor, k: int, backend: str, batch_size: int, precision: str = "ieee") -> torch.Tensor:
+    """L_k per image [N] with ``iwae_bound`` over batches of ``batch_size`` images, seeded per image; the
+    Triton kernels' products in ``precision`` (``bench.kernels.dot_precision``)."""
     out = []
-    for start in tqdm(range(0, len(x), batch_size), desc=f"ours-{backend}", unit="batch", leave=False):
-        xb = x[start:start + batch_size]
-        out.append(iwae_bound(model, xb, k, seed=0, index=torch.arange(start, start + len(xb)), backend=backend))
+    with dot_precision(precision):
+        for start in tqdm(range(0, len(x), batch_size), desc=f"ours-{backend}", unit="batch", leave=False):
+            xb = x[start:start + batch_size]
+            out.append(iwae_bound(model, xb, k, seed=0, index=torch.arange(start, start + len(xb)), backend=backend))
     return torch.cat(out)
 
 
@@ -313,6 +317,7 @@ def run(device: torch.device, images: int, k: int, authors_images: int, batch_si
     paths: dict[str, tuple[int, Callable[[int], torch.Tensor], str | None]] = {
         "ours-torch": (images, lambda n: ours(model, x[:n], k, "torch", batch_size), None),
         "ours-triton": (images, lambda n: ours(model, x[:n], k, "triton", batch_size), skip_triton),
+        "ours-triton-tf32x3": (images, lambda n: ours(model, x[:n], k, "triton", batch_size, "tf32x3"), skip_triton),
         "per-image-lean": (images, lambda n: per_image_lean(model, x[:n], k), None),
         "authors-pattern": (authors_images, lambda n: authors_pattern(model, x[:n], k), None),
         "pythae-pattern": (authors_images, lambda n: authors_pattern(model, x[:n], k, chunk=k), None),
@@ -348,7 +353,7 @@ def run(device: torch.device, images: int, k: int, authors_images: int, batch_si
             rows.append(row(path, None, note=skipped))
             continue
         extra = {"note": notes[path]} if path in notes else {}
-        if path == "ours-triton":
+        if path.startswith("ours-triton"):
             extra["max_abs_diff_vs_torch"] = float((bounds[path].double() - bounds["ours-torch"].double()).abs().max())
         rows.append(row(path, n, statistics.median(seconds[path]), max(memory[path]), **extra))
     m, kk, n = GEMM_SHAPE
