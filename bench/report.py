@@ -39,31 +39,39 @@ def _markdown(frame: pd.DataFrame) -> str:
     return header + "".join("| " + " | ".join(str(v) for v in row) + " |\n" for row in frame.itertuples(index=False))
 
 
-def whole_test_estimates(records: pd.DataFrame, out: Path) -> dict[str, tuple[float, float, str]]:
+def load_per_example(records: pd.DataFrame, out: Path) -> dict[str, tuple[str | None, pd.Series]]:
+    """Per-test-point L_K of every recorded model with a stored ``per_example`` file:
+    {model: (dataset or None, L_K indexed by test_index)}. Read once per report."""
+    values = {}
+    for r in records.itertuples():
+        path = out / "per_example" / f"{r.model}.csv.gz"
+        if path.is_file():
+            frame = pd.read_csv(path, index_col="test_index")
+            column = next(c for c in frame.columns if c.startswith("L_"))
+            values[r.model] = (getattr(r, "dataset", None), frame[column])
+    return values
+
+
+def whole_test_estimates(values: dict[str, tuple[str | None, pd.Series]]) -> dict[str, tuple[float, float, str]]:
     """For each model evaluated on a test subset of n of N points, its mean L_K over all N, estimated
     with a control variate: a model of the same dataset evaluated on all N points (same K),
 
         mean_N(ref) + mean_n(L - L_ref),  s.e. = sd_n(L - L_ref) / sqrt(n) * sqrt(1 - n / N)
 
     (the subset is a random sample without replacement). Of several references, the one with the
-    smallest s.e. Returns {model: (estimate, s.e., reference)}."""
-    frames = {}
-    for r in records.itertuples():
-        path = out / "per_example" / f"{r.model}.csv.gz"
-        if path.is_file():
-            frames[r.model] = (r.dataset, pd.read_csv(path, index_col="test_index")[f"L_{r.k}"])
+    smallest s.e. ``values``: :func:`load_per_example`. Returns {model: (estimate, s.e., reference)}."""
     estimates = {}
-    for model, (dataset, values) in frames.items():
+    for model, (dataset, bounds) in values.items():
         best = None
-        for ref, (ref_dataset, ref_values) in frames.items():
-            if ref_dataset != dataset or values.name != ref_values.name or len(ref_values) <= len(values) \
-                    or not values.index.isin(ref_values.index).all():
+        for ref, (ref_dataset, ref_bounds) in values.items():
+            if ref_dataset != dataset or bounds.name != ref_bounds.name or len(ref_bounds) <= len(bounds) \
+                    or not bounds.index.isin(ref_bounds.index).all():
                 continue
-            n, total = len(values), len(ref_values)
-            diff = values - ref_values.loc[values.index]
+            n, total = len(bounds), len(ref_bounds)
+            diff = bounds - ref_bounds.loc[bounds.index]
             se = diff.std() / math.sqrt(n) * math.sqrt(1 - n / total)
             if best is None or se < best[1]:
-                best = (ref_values.mean() + diff.mean(), se, ref)
+                best = (ref_bounds.mean() + diff.mean(), se, ref)
         if best is not None:
             estimates[model] = best
     return estimates
@@ -144,22 +152,20 @@ def sources_table(entries: dict) -> pd.DataFrame:
                          for entry in entries.values() for p in entry.published])
 
 
-def prior_ordering(records: pd.DataFrame, entries: dict, out: Path) -> str:
+def prior_ordering(records: pd.DataFrame, entries: dict, values: dict[str, tuple[str | None, pd.Series]]) -> str:
     """Whether the one-level VAEs order as in the paper, VampPrior > MoG > standard: the paired
-    per-test-point differences of L_K, beyond 2 standard errors."""
+    per-test-point differences of L_K (``values``: :func:`load_per_example`), beyond 2 standard errors."""
     by_prior = {}
     for r in records.itertuples():
         entry = entries.get(r.model)
-        if entry is not None and entry.group == "vampprior" and entry.model.levels == 1:
-            by_prior[entry.model.prior] = r
+        if entry is not None and entry.group == "vampprior" and entry.model.levels == 1 and r.model in values:
+            by_prior[entry.model.prior] = r.model
     if not {"standard", "mog", "vamp"} <= by_prior.keys():
         return ""
     verdicts = []
     for better, worse in (("vamp", "mog"), ("mog", "standard")):
-        a, b = (pd.read_csv(out / "per_example" / f"{by_prior[p].model}.csv.gz", index_col="test_index")
-                for p in (better, worse))
-        column = next(c for c in a.columns if c.startswith("L_"))
-        paired = a[column].sub(b[column]).dropna()  # aligned on test_index: only points both evaluated
+        a, b = values[by_prior[better]][1], values[by_prior[worse]][1]
+        paired = a.sub(b).dropna()  # aligned on test_index: only points both evaluated
         if paired.empty:
             continue
         diff, se = paired.mean(), paired.std() / math.sqrt(len(paired))
@@ -185,8 +191,9 @@ def write_tables(records: pd.DataFrame, entries: dict, out: Path) -> Path:
               "same data was evaluated on every point: that model's whole-set mean plus the paired "
               "difference on the subset (s.e. with the finite-population correction); \"ours − paper\" "
               "then uses the estimate.\n")]
-    ordering = prior_ordering(records, entries, out)
-    whole = whole_test_estimates(records, out)
+    values = load_per_example(records, out)
+    ordering = prior_ordering(records, entries, values)
+    whole = whole_test_estimates(values)
     for title, table in (
         ("VampPrior paper, Table 1 (static binarized MNIST)", likelihood_table(records, entries, "vampprior", whole)),
         ("IWAE paper, Table 1 (MNIST, dynamic binarization, one stochastic layer)",

@@ -282,10 +282,17 @@ def _format(value: object) -> object:
 
 
 def write_csv(rows: list[dict], path: Path) -> None:
-    """Write the rows to ``path`` atomically (``bench.files.atomic_path``: a temporary file, then a rename)."""
+    """Write the rows to ``path`` atomically (``bench.files.atomic_path``: a temporary file, then a rename),
+    keeping the rows of other devices already there: one file holds the latest run of each device."""
+    devices = {r["device"] for r in rows}
+    kept = []
+    if path.is_file():
+        with open(path, newline="") as f:
+            kept = [r for r in csv.DictReader(f) if r.get("device") not in devices]
     with atomic_path(path) as tmp, open(tmp, "w", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=COLUMNS)
+        writer = csv.DictWriter(f, fieldnames=COLUMNS, extrasaction="ignore")
         writer.writeheader()
+        writer.writerows(kept)
         writer.writerows({c: _format(row.get(c)) for c in COLUMNS} for row in rows)
 
 
@@ -380,7 +387,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--batch-size", type=int, default=100, help="images per iwae_bound call (ours-*)")
     parser.add_argument("--rounds", type=int, default=3,
                         help="interleaved timing rounds; each path's row is the median over rounds")
-    parser.add_argument("--out", type=Path, default=Path("results/kernel_bench.csv"))
+    parser.add_argument("--out", type=Path, default=Path("results/kernel_bench.csv"),
+                        help="CSV to write; rows of other devices already in it are kept")
     args = parser.parse_args(argv)
     if args.device == "cuda" and not torch.cuda.is_available():
         parser.error("--device cuda: no CUDA device here; use --device cpu")

@@ -105,7 +105,7 @@ def test_training_continues_from_a_committed_checkpoint_without_state(tmp_path, 
 def test_prior_ordering_uses_paired_differences(tmp_path):
     import pandas as pd
 
-    from bench.report import prior_ordering
+    from bench.report import load_per_example, prior_ordering
 
     folder = tmp_path / "per_example"
     folder.mkdir()
@@ -118,7 +118,7 @@ def test_prior_ordering_uses_paired_differences(tmp_path):
         pd.DataFrame({"test_index": index.numpy(), "L_5000": (base[index] + shift).numpy()}).to_csv(
             folder / f"{name}.csv.gz", index=False)
     records = pd.DataFrame({"model": ["vae-standard", "vae-mog", "vae-vampprior"]})
-    text = prior_ordering(records, registry.REGISTRY, tmp_path)
+    text = prior_ordering(records, registry.REGISTRY, load_per_example(records, tmp_path))
     # identical values per test point up to constant shifts: the paired s.e. is ~0, so 0.05 nats is
     # resolved, and only the shared points count (vamp/mog share 10..59, mog/standard 10..49)
     assert "vamp − mog = -0.10 ± 0.00 nats (reversed; 50 shared test points)" in text
@@ -128,7 +128,7 @@ def test_prior_ordering_uses_paired_differences(tmp_path):
 def test_whole_test_set_estimate_from_a_subset_uses_the_best_paired_reference(tmp_path):
     import pandas as pd
 
-    from bench.report import whole_test_estimates
+    from bench.report import load_per_example, whole_test_estimates
 
     folder = tmp_path / "per_example"
     folder.mkdir()
@@ -142,7 +142,7 @@ def test_whole_test_set_estimate_from_a_subset_uses_the_best_paired_reference(tm
     for name, (index, v) in values.items():
         pd.DataFrame({"test_index": index.numpy(), "L_5000": v.numpy()}).to_csv(folder / f"{name}.csv.gz", index=False)
     records = pd.DataFrame({"model": list(values), "k": 5000, "dataset": ["d", "d", "d", "e"]})
-    estimates = whole_test_estimates(records, tmp_path)
+    estimates = whole_test_estimates(load_per_example(records, tmp_path))
     assert set(estimates) == {"sub"}  # only subset rows with a same-data reference on more points
     estimate, se, ref = estimates["sub"]
     diff = 0.5 + 0.1 * noise  # sub - full-a on the subset, exactly

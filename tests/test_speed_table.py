@@ -1,6 +1,7 @@
 """``bench.speed.run``: which paths it times, and how rounds and ratios combine (timings scripted)."""
 import itertools
 
+import pandas as pd
 import pytest
 import torch
 
@@ -39,3 +40,15 @@ def test_rows_are_medians_over_interleaved_rounds(scripted):
     assert rows["roofline"]["ratio_to_roofline"] == pytest.approx(1.0)
     assert rows["ours-torch"]["fraction_of_gemm_peak"] == pytest.approx(flops * 2 / 5.0 / gemm)
 
+
+
+def test_csv_keeps_the_latest_run_of_each_device(tmp_path):
+    path = tmp_path / "kernel_bench.csv"
+    speed.write_csv([{"path": "ours-torch", "device": "cpu", "seconds": 2.0}], path)
+    speed.write_csv([{"path": "ours-torch", "device": "cuda", "seconds": 0.5},
+                     {"path": "roofline", "device": "cuda", "seconds": 0.1}], path)
+    speed.write_csv([{"path": "ours-torch", "device": "cpu", "seconds": 3.0}], path)
+    table = pd.read_csv(path)
+    assert list(table.columns) == speed.COLUMNS
+    assert sorted(zip(table["device"], table["path"], table["seconds"])) == \
+        [("cpu", "ours-torch", 3.0), ("cuda", "ours-torch", 0.5), ("cuda", "roofline", 0.1)]
