@@ -152,6 +152,42 @@ def sources_table(entries: dict) -> pd.DataFrame:
                          for entry in entries.values() for p in entry.published])
 
 
+def speed_table(out: Path) -> pd.DataFrame:
+    """``kernel_bench.csv`` (``python -m bench.speed``), one row per device and timed path: ms per image and
+    the ratios to the roofline and to the per-image patterns; empty if the file is missing."""
+    path = out / "kernel_bench.csv"
+    if not path.is_file():
+        return pd.DataFrame()
+    bench = pd.read_csv(path).dropna(subset=["ms_per_image"])
+    columns = {"device_name": "device", "path": "path", "images": "images", "ms_per_image": "ms / image",
+               "ratio_to_roofline": "× roofline", "fraction_of_fp32_peak": "of fp32 peak",
+               "speedup_vs_per_image_lean": "vs lean loop", "speedup_vs_authors": "vs authors",
+               "speedup_vs_pythae": "vs pythae", "max_abs_diff_vs_torch": "largest difference from torch (nats)"}
+    table = bench[list(columns)].rename(columns=columns)
+    for column in ("ms / image", "× roofline", "of fp32 peak", "vs lean loop", "vs authors", "vs pythae"):
+        table[column] = table[column].map(lambda v: _fmt(v, 3 if v < 1 else 2))
+    table["images"] = table["images"].astype("Int64")
+    table["largest difference from torch (nats)"] = table["largest difference from torch (nats)"].map(
+        lambda v: "" if pd.isna(v) else f"{v:.1e}")
+    return table
+
+
+def precision_table(out: Path, tolerance: float = 0.01) -> pd.DataFrame:
+    """``precision.csv`` (``python -m bench.precision``): each set-up's error against float64 and whether
+    every image stays within ``tolerance`` nats; empty if the file is missing."""
+    path = out / "precision.csv"
+    if not path.is_file():
+        return pd.DataFrame()
+    runs = pd.read_csv(path).dropna(subset=["max_abs_error"])
+    runs = runs[runs["setup"] != "float64"]
+    return pd.DataFrame({
+        "model": runs["model"], "set-up": runs["setup"], "images": runs["images"], "K": runs["k"],
+        "mean error (nats)": runs["mean_error"].map(lambda v: f"{v:+.1e}"),
+        "max per-image error (nats)": runs["max_abs_error"].map(lambda v: f"{v:.1e}"),
+        f"within {tolerance} nats": runs["max_abs_error"].map(lambda v: "yes" if v < tolerance else "no"),
+    })
+
+
 def prior_ordering(records: pd.DataFrame, entries: dict, values: dict[str, tuple[str | None, pd.Series]]) -> str:
     """Whether the one-level VAEs order as in the paper, VampPrior > MoG > standard: the paired
     per-test-point differences of L_K (``values``: :func:`load_per_example`), beyond 2 standard errors."""
@@ -201,11 +237,22 @@ def write_tables(records: pd.DataFrame, entries: dict, out: Path) -> Path:
         ("ELBO surgery (MNIST, standard prior; training-set terms)", surgery_table(records, entries)),
         ("Tiny models on scikit-learn digits (CI)", likelihood_table(records, entries, "tiny")),
         ("Training budget: ours and the papers'", budget_table(entries)),
+        ("Speed of the K = 5000 evaluation (kernel_bench.csv)", speed_table(out)),
+        ("Rounding error of L_5000 per arithmetic set-up, against float64 (precision.csv)", precision_table(out)),
         ("Sources of the published numbers", sources_table(entries)),
     ):
+        if title.startswith(("Speed", "Rounding")) and not len(table):
+            continue
         parts.append(f"\n## {title}\n\n" + (_markdown(table) if len(table) else "No trained model yet.\n"))
         if title.startswith("VampPrior") and ordering:
             parts.append(f"\n{ordering}\n")
+        if title.startswith("Speed"):
+            parts.append("\nPer image, the median over interleaved rounds; × roofline: the time over the time the "
+                         "decoder and mixture-prior FLOPs take at the matrix-multiply rate measured in the same run; "
+                         "vs: how many times faster than that pattern on the same device (`python -m bench.speed`).\n")
+        if title.startswith("Rounding"):
+            parts.append("\nSame seeded samples in every set-up. The protocol computes in float32 with "
+                         "full-precision products: torch-fp32 on the CPU, triton-ieee on CUDA; TF32 is not used.\n")
     path = out / "tables.md"
     atomic_write_text(path, "".join(parts))
     return path

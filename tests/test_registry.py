@@ -223,3 +223,27 @@ def test_code_version_ignores_what_training_and_evaluation_write(tmp_path, monke
     assert cli.code_version() == clean
     (tmp_path / "bench/code.py").write_text("b")
     assert cli.code_version() == clean + "-dirty"
+
+
+def test_speed_and_precision_tables_read_their_csvs(tmp_path):
+    import pandas as pd
+
+    from bench.report import precision_table, speed_table
+
+    assert speed_table(tmp_path).empty and precision_table(tmp_path).empty
+    pd.DataFrame([
+        {"path": "ours-torch", "device_name": "GPU", "images": 10, "ms_per_image": 0.5, "ratio_to_roofline": 1.25,
+         "fraction_of_fp32_peak": 0.4, "speedup_vs_per_image_lean": 2.0, "speedup_vs_authors": 100.0,
+         "speedup_vs_pythae": 6.0, "max_abs_diff_vs_torch": None},
+        {"path": "ours-triton", "device_name": "CPU", "images": None, "ms_per_image": None},  # skipped path
+    ]).to_csv(tmp_path / "kernel_bench.csv", index=False)
+    speed = speed_table(tmp_path)
+    assert list(speed["path"]) == ["ours-torch"] and speed.iloc[0]["× roofline"] == "1.25"
+    pd.DataFrame([
+        {"model": "m", "setup": "float64", "images": 5, "k": 50, "mean_error": 0.0, "max_abs_error": 0.0},
+        {"model": "m", "setup": "torch-fp32", "images": 5, "k": 50, "mean_error": 1e-6, "max_abs_error": 2e-5},
+        {"model": "m", "setup": "triton-tf32", "images": 5, "k": 50, "mean_error": -0.08, "max_abs_error": 1.9},
+        {"model": "m", "setup": "torch-tf32", "images": 5, "k": 50, "note": "skipped"},
+    ]).to_csv(tmp_path / "precision.csv", index=False)
+    table = precision_table(tmp_path)
+    assert list(zip(table["set-up"], table["within 0.01 nats"])) == [("torch-fp32", "yes"), ("triton-tf32", "no")]
