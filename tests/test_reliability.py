@@ -261,8 +261,10 @@ def test_same_command_same_numbers_and_batch_size_does_not_matter(tmp_path):
     per_a = pd.read_csv(a / "per_example" / f"{TINY}.csv.gz")
     per_b = pd.read_csv(b / "per_example" / f"{TINY}.csv.gz")
     pd.testing.assert_frame_equal(per_a, per_b)
-    again = run_bench("eval", TINY, "--k", "500", "--out", str(a))
-    assert "unchanged, reusing the stored record" in again.stdout
+    again = run_bench("eval", TINY, "--k", "500", "--out", str(a), "--backend", "triton")
+    assert "unchanged, reusing the stored record (made on cpu with the torch backend" in again.stdout
+    changed = run_bench("eval", TINY, "--k", "250", "--out", str(a))  # another protocol setting is not reused
+    assert "reusing" not in changed.stdout and _values(a)["k"].tolist() == [250]
 
 
 def test_interrupted_training_gives_the_same_weights(tmp_path):
