@@ -297,3 +297,14 @@ def test_test_subset_is_a_fixed_spread_sample_not_a_prefix():
     assert bool((ids[1:] > ids[:-1]).all()) and ids.min() < 100 and ids.max() > 9_900
     assert (ids < 1_000).sum() < 150  # about a tenth of the points fall in any tenth of the file
     assert torch.equal(test_subset(300, 300), torch.arange(300))
+
+
+def test_triton_backend_with_cpu_tensors_names_the_fix(monkeypatch):
+    from bench import cli, kernels
+
+    monkeypatch.setattr(kernels, "triton_available", lambda: True)  # as on a machine with CUDA
+    monkeypatch.setenv("TRITON_INTERPRET", "0")
+    with pytest.raises(cli.UsageError, match="add --device cuda"):
+        cli.resolve_backend("triton", torch.device("cpu"))
+    assert cli.resolve_backend("triton", torch.device("cuda")) == "triton"
+    assert cli.resolve_backend("torch", torch.device("cpu")) == "torch"
