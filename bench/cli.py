@@ -59,12 +59,12 @@ def resolve_device(name: str) -> torch.device:
 
 def resolve_backend(name: str, device: torch.device) -> str:
     """The log-weight backend if it can run on ``device``, else a :class:`UsageError` naming the fix."""
-    from bench.kernels import triton_available
+    from bench.kernels import interpreted, triton_available
 
     if name == "triton" and not triton_available():
         raise UsageError("--backend triton: Triton cannot run here (no CUDA device; on the CPU set "
                          "TRITON_INTERPRET=1, slow, for testing only); use --backend torch")
-    if name == "triton" and device.type != "cuda" and os.environ.get("TRITON_INTERPRET") != "1":
+    if name == "triton" and device.type != "cuda" and not interpreted():
         raise UsageError("--backend triton runs on CUDA tensors: add --device cuda, or use --backend torch")
     return name
 
@@ -113,6 +113,7 @@ def evaluate_entries(entries: list, args: argparse.Namespace, out: Path, *, k: i
                      surgery_samples: int | None, reuse: bool, store: bool) -> list[dict]:
     """Run the protocol on each entry; ``reuse``: take stored records whose key is unchanged and
     keep per-batch progress for resuming; ``store``: write the records (rank 0 only)."""
+    from bench.kernels import KEY_INDEX_BITS
     from bench.protocol import PROTOCOL_VERSION, distributed_rank_world, evaluate, rank_progress_path
     from bench.results import load_record, save_record
     from models import registry
@@ -123,6 +124,10 @@ def evaluate_entries(entries: list, args: argparse.Namespace, out: Path, *, k: i
                                  ("--chunk-size", args.chunk_size, 1), ("--surgery-samples", surgery_samples, 1)):
         if value is not None and value < least:
             raise UsageError(f"{option} {value}: must be at least {least}")
+    max_seed = 2 ** (63 - KEY_INDEX_BITS)
+    if args.seed >= max_seed:
+        raise UsageError(f"--seed {args.seed}: use 0..{max_seed - 1} (CUDA sampling keys Philox with seed * 2**40 + "
+                         "test index)")
     device = resolve_device(args.device)
     backend = resolve_backend(args.backend, device)
     records, datasets = [], {}

@@ -53,7 +53,8 @@ _FIX = "set TRITON_INTERPRET=1 to run Triton kernels on the CPU, or use backend=
 _jitted: dict[str, object] = {}
 
 
-def _interpret() -> bool:
+def interpreted() -> bool:
+    """True when ``TRITON_INTERPRET=1``: Triton kernels run in its interpreter (on CPU tensors)."""
     return os.environ.get("TRITON_INTERPRET") == "1"
 
 
@@ -71,13 +72,13 @@ def _load_triton() -> bool:
 
 def _unavailable_reason() -> str | None:
     """Why the triton backend cannot run here, or None when it can."""
-    if not (torch.cuda.is_available() or _interpret()):
+    if not (torch.cuda.is_available() or interpreted()):
         return "there is no CUDA device and TRITON_INTERPRET is not 1"
     if not _load_triton():
         return "triton is not installed"
     # Triton picks interpreted or compiled functions when it jits them: its own library at import,
     # these kernels in _load_triton. Both must match the flag now.
-    modes = {_interpret(), *(type(f).__name__ == "InterpretedFunction" for f in (tl.zeros, *_jitted.values()))}
+    modes = {interpreted(), *(type(f).__name__ == "InterpretedFunction" for f in (tl.zeros, *_jitted.values()))}
     if len(modes) > 1:
         return ("TRITON_INTERPRET changed after triton was imported, and Triton reads it at import: set it in the "
                 "environment before Python starts (tests/conftest.py does)")
@@ -114,7 +115,7 @@ def _check_backend(backend: str, *tensors: torch.Tensor) -> None:
     reason = _unavailable_reason()
     if reason is not None:
         raise RuntimeError(f"the triton backend cannot run here ({reason}): {_FIX}")
-    if not _interpret() and any(t.device.type != "cuda" for t in tensors):
+    if not interpreted() and any(t.device.type != "cuda" for t in tensors):
         raise RuntimeError(f"the triton backend needs CUDA tensors: move them to the GPU, or {_FIX}")
 
 
@@ -184,9 +185,10 @@ def _mixture_kernel(z_ptr, a_ptr, b_ptr, const_ptr, out_ptr, S, C, d,
 
 
 def _normal_kernel(key_ptr, out_ptr, start, n_values, dim, B, BLOCK: tl.constexpr):
-    """out[s, b, j] = tl.randn(key[b], (start + s) * dim + j) for the n_values = n * dim values of example b."""
-    b = tl.program_id(0)
-    offsets = tl.program_id(1) * BLOCK + tl.arange(0, BLOCK)
+    """out[s, b, j] = tl.randn(key[b], (start + s) * dim + j) for the n_values = n * dim values of example b;
+    grid (value blocks, examples)."""
+    b = tl.program_id(1)
+    offsets = tl.program_id(0) * BLOCK + tl.arange(0, BLOCK)
     ok = offsets < n_values
     z = tl.randn(tl.load(key_ptr + b), start * dim + offsets)
     rows = (offsets // dim).to(tl.int64)
@@ -274,6 +276,7 @@ def fused_log_weights(model, q: Distribution, prior: Distribution, z: torch.Tens
 
 KEY_INDEX_BITS = 40
 NORMAL_BLOCK = 1024
+MAX_GRID_Y = 65535
 
 
 def keyed_normals(seed: int, index: torch.Tensor, start: int, stop: int, dim: int,
@@ -293,11 +296,19 @@ def keyed_normals(seed: int, index: torch.Tensor, start: int, stop: int, dim: in
     index = torch.as_tensor(index, dtype=torch.int64)
     if len(index) and not (0 <= int(index.min()) and int(index.max()) < 2**KEY_INDEX_BITS):
         raise ValueError(f"example indices must lie in 0..2**{KEY_INDEX_BITS} - 1")
+    if len(index) > MAX_GRID_Y:
+        raise ValueError(f"{len(index)} examples in one call: at most {MAX_GRID_Y} (a CUDA grid limit); use smaller batches")
+    reason = _unavailable_reason()
+    if reason is not None:
+        raise RuntimeError(f"seeded sampling on CUDA draws from Triton's Philox, and Triton cannot run here ({reason}): "
+                           "install triton (PyTorch's Linux CUDA wheels include it) or use --device cpu")
     keys = (index + (seed << KEY_INDEX_BITS)).to(device)
-    _check_backend("triton", keys)
+    if not interpreted() and keys.device.type != "cuda":
+        raise RuntimeError("keyed_normals runs on CUDA (or under TRITON_INTERPRET=1 on the CPU); "
+                           "seeded_noise draws CPU samples with numpy")
     n = stop - start
     out = torch.empty(n, len(index), dim, dtype=torch.float32, device=keys.device)
     if out.numel():
-        _jitted["_normal_kernel"][(len(index), triton.cdiv(n * dim, NORMAL_BLOCK))](
+        _jitted["_normal_kernel"][(triton.cdiv(n * dim, NORMAL_BLOCK), len(index))](
             keys, out, start, n * dim, dim, len(index), BLOCK=NORMAL_BLOCK)
     return out

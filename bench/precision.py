@@ -5,9 +5,9 @@ For each registry model, L_K per image on a fixed random subset of its test set
 the noise is drawn in float32 and shared) under each set-up and compared with float64:
 
 - ``float64``: model and data in float64, torch log-weights: the reference;
-- ``torch-fp32``: float32, torch log-weights, full-precision matrix products (the protocol's CPU path);
+- ``torch-fp32``: float32, torch log-weights, full-precision matrix products (the protocol's default path);
 - ``torch-tf32``: float32 with TF32 matrix products in every layer (``torch.set_float32_matmul_precision("high")``);
-- ``triton-ieee``: float32, the fused kernels with full-precision products (the protocol's CUDA path);
+- ``triton-ieee``: float32, the fused kernels with full-precision products (``--backend triton``);
 - ``triton-tf32x3`` / ``triton-tf32``: the fused kernels with three / one TF32 tensor-core products per
   float32 product (``bench.kernels.dot_precision``).
 
@@ -21,7 +21,6 @@ from __future__ import annotations
 import argparse
 import contextlib
 import copy
-import os
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -58,8 +57,9 @@ def skip_reason(setup: str, device: torch.device) -> str | None:
     ``TRITON_INTERPRET=1`` (slowly: a correctness check, its seconds mean nothing)."""
     if "tf32" in setup and device.type != "cuda":
         return "skipped: TF32 needs CUDA"
-    interpreted = os.environ.get("TRITON_INTERPRET") == "1"
-    if setup.startswith("triton") and not (kernels.triton_available() and (device.type == "cuda" or interpreted)):
+    if setup not in SETUPS:
+        raise ValueError(f"unknown set-up {setup!r}: use one of {', '.join(SETUPS)}")
+    if setup.startswith("triton") and not (kernels.triton_available() and (device.type == "cuda" or kernels.interpreted())):
         return "skipped: the kernels need CUDA tensors here (or TRITON_INTERPRET=1 on a machine without CUDA)"
     return None
 

@@ -283,12 +283,13 @@ def _format(value: object) -> object:
 
 def write_csv(rows: list[dict], path: Path) -> None:
     """Write the rows to ``path`` atomically (``bench.files.atomic_path``: a temporary file, then a rename),
-    keeping the rows of other devices already there: one file holds the latest run of each device."""
-    devices = {r["device"] for r in rows}
+    keeping the rows of other devices already there: one file holds the latest run of each device
+    (``device`` type and ``device_name``, so an H100 run leaves an H200's rows)."""
+    devices = {(r["device"], r.get("device_name", "")) for r in rows}
     kept = []
     if path.is_file():
         with open(path, newline="") as f:
-            kept = [r for r in csv.DictReader(f) if r.get("device") not in devices]
+            kept = [r for r in csv.DictReader(f) if (r.get("device"), r.get("device_name", "")) not in devices]
     with atomic_path(path) as tmp, open(tmp, "w", newline="") as f:
         writer = csv.DictWriter(f, fieldnames=COLUMNS, extrasaction="ignore")
         writer.writeheader()

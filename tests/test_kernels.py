@@ -204,6 +204,8 @@ def test_keyed_normals_reject_keys_out_of_range():
         kernels.keyed_normals(0, torch.tensor([-1]), 0, 5, 3, DEVICE)
     with pytest.raises(ValueError, match="2\\*\\*31"):
         kernels.keyed_normals(0, torch.arange(2), 0, 2**28, 8, DEVICE)
+    with pytest.raises(ValueError, match="CUDA grid limit"):
+        kernels.keyed_normals(0, torch.arange(kernels.MAX_GRID_Y + 1), 0, 1, 1, DEVICE)
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="the CUDA noise path of iwae_bounds needs a GPU")

@@ -1,6 +1,4 @@
 """``bench.precision``: per-image rounding error of L_K against float64 with the same seeded samples."""
-import os
-
 import pandas as pd
 import pytest
 import torch
@@ -24,7 +22,7 @@ def test_float32_paths_are_within_the_kernel_tolerance_of_float64(model_and_data
     assert list(rows) == list(precision.SETUPS)
     assert rows["float64"]["max_abs_error"] == 0.0
     measured = [s for s in precision.SETUPS if "note" not in rows[s]]
-    interpreted = kernels.triton_available() and os.environ.get("TRITON_INTERPRET") == "1"
+    interpreted = kernels.triton_available() and kernels.interpreted()
     assert "torch-fp32" in measured and ("triton-ieee" in measured) == interpreted  # CPU data: interpreter only
     for setup in measured[1:]:
         # float32 rounding is ~1e-7 relative: far inside the issue's 1e-3 nats per image, and not exactly zero
@@ -51,6 +49,13 @@ def test_arithmetic_switches_tf32_and_restores():
     with precision.arithmetic("torch-tf32"):
         assert torch.get_float32_matmul_precision() == "high"
     assert (torch.get_float32_matmul_precision(), kernels.DOT_PRECISION) == before
+    with pytest.raises(RuntimeError, match="inside"), precision.arithmetic("torch-tf32"):
+        raise RuntimeError("inside")
+    with pytest.raises(RuntimeError, match="inside"), precision.arithmetic("triton-tf32"):
+        raise RuntimeError("inside")
+    assert (torch.get_float32_matmul_precision(), kernels.DOT_PRECISION) == before  # restored on errors too
+    with pytest.raises(ValueError, match="unknown set-up"):
+        precision.skip_reason("torch-bf16", torch.device("cpu"))
     with pytest.raises(ValueError, match="unknown dot precision"), kernels.dot_precision("bf16"):
         pass
 

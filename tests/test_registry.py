@@ -232,7 +232,7 @@ def test_speed_and_precision_tables_read_their_csvs(tmp_path):
 
     assert speed_table(tmp_path).empty and precision_table(tmp_path).empty
     pd.DataFrame([
-        {"path": "ours-torch", "device_name": "GPU", "images": 10, "ms_per_image": 0.5, "ratio_to_roofline": 1.25,
+        {"path": "ours-torch", "device_name": "GPU", "k": 5000, "images": 10, "ms_per_image": 0.5, "ratio_to_roofline": 1.25,
          "fraction_of_fp32_peak": 0.4, "speedup_vs_per_image_lean": 2.0, "speedup_vs_authors": 100.0,
          "speedup_vs_pythae": 6.0, "max_abs_diff_vs_torch": None},
         {"path": "ours-triton", "device_name": "CPU", "images": None, "ms_per_image": None},  # skipped path

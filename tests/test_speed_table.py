@@ -41,14 +41,14 @@ def test_rows_are_medians_over_interleaved_rounds(scripted):
     assert rows["ours-torch"]["fraction_of_gemm_peak"] == pytest.approx(flops * 2 / 5.0 / gemm)
 
 
-
 def test_csv_keeps_the_latest_run_of_each_device(tmp_path):
     path = tmp_path / "kernel_bench.csv"
-    speed.write_csv([{"path": "ours-torch", "device": "cpu", "seconds": 2.0}], path)
-    speed.write_csv([{"path": "ours-torch", "device": "cuda", "seconds": 0.5},
-                     {"path": "roofline", "device": "cuda", "seconds": 0.1}], path)
-    speed.write_csv([{"path": "ours-torch", "device": "cpu", "seconds": 3.0}], path)
+    speed.write_csv([{"path": "ours-torch", "device": "cpu", "device_name": "EPYC", "seconds": 2.0}], path)
+    speed.write_csv([{"path": "ours-torch", "device": "cuda", "device_name": "H200", "seconds": 0.5},
+                     {"path": "roofline", "device": "cuda", "device_name": "H200", "seconds": 0.1}], path)
+    speed.write_csv([{"path": "ours-torch", "device": "cuda", "device_name": "H100", "seconds": 0.6}], path)
+    speed.write_csv([{"path": "ours-torch", "device": "cpu", "device_name": "EPYC", "seconds": 3.0}], path)
     table = pd.read_csv(path)
     assert list(table.columns) == speed.COLUMNS
-    assert sorted(zip(table["device"], table["path"], table["seconds"])) == \
-        [("cpu", "ours-torch", 3.0), ("cuda", "ours-torch", 0.5), ("cuda", "roofline", 0.1)]
+    assert sorted(zip(table["device_name"], table["path"], table["seconds"])) == \
+        [("EPYC", "ours-torch", 3.0), ("H100", "ours-torch", 0.6), ("H200", "ours-torch", 0.5), ("H200", "roofline", 0.1)]
