@@ -16,8 +16,8 @@ Both kernels compute in float32 with full-precision products (``input_precision=
 error on trained models ``bench.precision`` measures), return
 float32 (float64 for float64 inputs) and carry no autograd graph.
 
-Speed: on an H200 the plain torch path (cuBLAS products, then the elementwise terms) is about twice as
-fast end to end (``results/kernel_bench.csv``): the kernels' float32 ``tl.dot`` runs on FMA units at about
+Speed: on an H200 the plain torch path (cuBLAS products, then the elementwise terms) is about 1.6 times
+as fast end to end (``results/kernel_bench.csv``): the kernels' float32 ``tl.dot`` runs on FMA units at about
 16 TFLOP/s against cuBLAS's 41, more than the memory traffic they save. They are therefore the option
 that never materialises the big tables, not the protocol's default. Without CUDA they run under the
 Triton interpreter, which needs ``TRITON_INTERPRET=1`` in the environment before ``triton`` is
