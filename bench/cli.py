@@ -9,6 +9,7 @@
 from __future__ import annotations
 
 import argparse
+import hashlib
 import math
 import os
 import subprocess
@@ -39,6 +40,17 @@ def code_version() -> str:
         return sha + ("-dirty" if dirty else "")
     except (OSError, subprocess.CalledProcessError):
         return "unknown"
+
+
+def source_hash() -> str:
+    """SHA-256 (first 16 hex digits) of the project's Python source: every ``*.py`` under ``bench/`` and
+    ``models/`` and ``run_bench.py``, by relative path and content. Identifies the code without git (a copied
+    tree, an archive), where :func:`code_version` cannot."""
+    digest = hashlib.sha256()
+    files = sorted([*ROOT.glob("bench/**/*.py"), *ROOT.glob("models/**/*.py"), *ROOT.glob("run_bench.py")])
+    for path in files:
+        digest.update(path.relative_to(ROOT).as_posix().encode() + b"\0" + path.read_bytes() + b"\0")
+    return digest.hexdigest()[:16]
 
 
 def resolve_device(name: str) -> torch.device:
@@ -91,7 +103,7 @@ def cmd_train(args: argparse.Namespace) -> int:
     data = entry.load_data(args.data_dir)
     model = registry.build(entry, data)
     meta = {"name": entry.name, "dataset": entry.dataset, "model": asdict(entry.model),
-            "code_version": code_version(), "data_sha256": registry.data_checksum(data),
+            "code_version": code_version(), "source_sha256": source_hash(), "data_sha256": registry.data_checksum(data),
             "torch": str(torch.__version__), "device": str(device)}
     st = train(model, data, entry.train, entry.state, entry.checkpoint, meta, args.max_epochs, str(device))
     status = "finished" if st["done"] else "paused (run the same command to continue)"
@@ -154,7 +166,8 @@ def evaluate_entries(entries: list, args: argparse.Namespace, out: Path, *, k: i
         record, per_example = evaluate(model, data, k, n_test=n_test, seed=args.seed, batch_size=args.batch_size,
                                        chunk_size=args.chunk_size, device=device, name=entry.name,
                                        surgery_samples=surgery_samples, progress_path=progress, backend=backend)
-        record.update({"code_version": code_version(), "checkpoint_sha256": key["checkpoint_sha256"]})
+        record.update({"code_version": code_version(), "source_sha256": source_hash(),
+                       "checkpoint_sha256": key["checkpoint_sha256"]})
         if store:
             save_record(out, entry.name, key, record, per_example)
         if progress is not None:

@@ -203,6 +203,7 @@ def test_sources_table_lists_every_published_number_with_its_note():
 
 
 def test_code_version_ignores_what_training_and_evaluation_write(tmp_path, monkeypatch):
+    """Both the git id and the source hash; the hash works without git too."""
     import subprocess
 
     def git(*args: str) -> None:
@@ -212,17 +213,19 @@ def test_code_version_ignores_what_training_and_evaluation_write(tmp_path, monke
     for name in ("models/checkpoints/m.pt", "results/metrics.csv", "bench/code.py"):
         (tmp_path / name).parent.mkdir(parents=True, exist_ok=True)
         (tmp_path / name).write_text("a")
+    monkeypatch.setattr(cli, "ROOT", tmp_path)
+    assert cli.code_version() == "unknown"  # not a git repository yet
+    source = cli.source_hash()
     git("init", "-q")
     git("add", ".")
     git("commit", "-qm", "x")
-    monkeypatch.setattr(cli, "ROOT", tmp_path)
     clean = cli.code_version()
     assert clean and not clean.endswith("-dirty")
     (tmp_path / "models/checkpoints/m.pt").write_text("b")
     (tmp_path / "results/metrics.csv").write_text("b")
-    assert cli.code_version() == clean
+    assert cli.code_version() == clean and cli.source_hash() == source
     (tmp_path / "bench/code.py").write_text("b")
-    assert cli.code_version() == clean + "-dirty"
+    assert cli.code_version() == clean + "-dirty" and cli.source_hash() != source
 
 
 def test_speed_and_precision_tables_read_their_csvs(tmp_path):
