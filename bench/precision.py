@@ -55,10 +55,10 @@ def arithmetic(setup: str) -> Iterator[None]:
 def skip_reason(setup: str, device: torch.device) -> str | None:
     """Why ``setup`` is not measured on ``device``, or None. ``triton-ieee`` also runs on the CPU under
     ``TRITON_INTERPRET=1`` (slowly: a correctness check, its seconds mean nothing)."""
-    if "tf32" in setup and device.type != "cuda":
-        return "skipped: TF32 needs CUDA"
     if setup not in SETUPS:
         raise ValueError(f"unknown set-up {setup!r}: use one of {', '.join(SETUPS)}")
+    if "tf32" in setup and device.type != "cuda":
+        return "skipped: TF32 needs CUDA"
     if setup.startswith("triton") and not (kernels.triton_available() and (device.type == "cuda" or kernels.interpreted())):
         return "skipped: the kernels need CUDA tensors here (or TRITON_INTERPRET=1 on a machine without CUDA)"
     return None
@@ -73,7 +73,7 @@ def bounds(model: torch.nn.Module, x: torch.Tensor, ids: torch.Tensor, k: int, s
     backend = "triton" if setup.startswith("triton") else "torch"
     with arithmetic(setup):
         parts = [iwae_bound(model, x[i:i + batch_size], k, seed=0, index=ids[i:i + batch_size], backend=backend)
-                       for i in range(0, len(x), batch_size)]
+                 for i in range(0, len(x), batch_size)]
     return torch.cat(parts).double().cpu()
 
 
@@ -82,7 +82,7 @@ def measure(name: str, model: torch.nn.Module, x: torch.Tensor, ids: torch.Tenso
     """One row per set-up (see the module docstring); ``float64`` is always computed as the reference."""
     device = x.device
     common = {"model": name, "device": str(device), "images": len(x), "k": k}
-    results: dict[str, tuple[torch.Tensor, float]] = {}
+    reference = None
     rows = []
     for setup in ("float64", *(s for s in setups if s != "float64")):
         reason = skip_reason(setup, device)
@@ -93,10 +93,11 @@ def measure(name: str, model: torch.nn.Module, x: torch.Tensor, ids: torch.Tenso
             torch.cuda.synchronize(device)
         start = time.perf_counter()
         values = bounds(model, x, ids, k, setup)
-        results[setup] = values, time.perf_counter() - start
-        error = values - results["float64"][0]
+        seconds = time.perf_counter() - start
+        reference = values if reference is None else reference  # float64 comes first
+        error = values - reference
         rows.append({**common, "setup": setup, "mean_ll": float(values.mean()), "mean_error": float(error.mean()),
-                     "max_abs_error": float(error.abs().max()), "seconds": results[setup][1]})
+                     "max_abs_error": float(error.abs().max()), "seconds": seconds})
     return rows
 
 
