@@ -71,13 +71,12 @@ def resolve_device(name: str) -> torch.device:
 
 def resolve_backend(name: str, device: torch.device) -> str:
     """The log-weight backend if it can run on ``device``, else a :class:`UsageError` naming the fix."""
-    from bench.kernels import interpreted, triton_available
+    from bench.kernels import triton_problem
 
-    if name == "triton" and not triton_available():
-        raise UsageError("--backend triton: Triton cannot run here (no CUDA device; on the CPU set "
-                         "TRITON_INTERPRET=1, slow, for testing only); use --backend torch")
-    if name == "triton" and device.type != "cuda" and not interpreted():
-        raise UsageError("--backend triton runs on CUDA tensors: add --device cuda, or use --backend torch")
+    problem = triton_problem(device) if name == "triton" else None
+    if problem is not None:
+        raise UsageError(f"--backend triton cannot run here ({problem}): add --device cuda on a machine with a GPU "
+                         "(TRITON_INTERPRET=1 interprets it on the CPU, slowly, for testing), or use --backend torch")
     return name
 
 

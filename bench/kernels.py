@@ -49,7 +49,6 @@ MIXTURE_TILES = {"BLOCK_M": 64, "BLOCK_N": 64, "BLOCK_K": 32}
 DOT_PRECISION = "ieee"
 DOT_PRECISIONS = ("ieee", "tf32x3", "tf32")
 BACKENDS = ("torch", "triton")
-_FIX = "set TRITON_INTERPRET=1 to run Triton kernels on the CPU, or use backend='torch'"
 _jitted: dict[str, object] = {}
 
 
@@ -85,12 +84,21 @@ def _unavailable_reason() -> str | None:
     return None
 
 
-def triton_available() -> bool:
-    """True when Triton imports and can run here: a CUDA device, or ``TRITON_INTERPRET=1`` (CPU).
+def triton_problem(device: torch.device | str | None = None) -> str | None:
+    """Why the kernels cannot run here on tensors on ``device`` (None: on any device), or None when they can.
 
-    Imports ``triton`` only when one of the two holds.
+    Compiled, they take CUDA tensors; under ``TRITON_INTERPRET=1`` the interpreter takes CPU tensors.
+    Imports ``triton`` only when one of the two can hold. The one check behind every backend choice.
     """
-    return _unavailable_reason() is None
+    reason = _unavailable_reason()
+    if reason is None and device is not None and torch.device(device).type != "cuda" and not interpreted():
+        reason = f"compiled Triton kernels take CUDA tensors, not {torch.device(device).type} ones"
+    return reason
+
+
+def triton_available() -> bool:
+    """True when Triton imports and can run here: a CUDA device, or ``TRITON_INTERPRET=1`` (CPU)."""
+    return triton_problem() is None
 
 
 @contextlib.contextmanager
@@ -112,11 +120,10 @@ def _check_backend(backend: str, *tensors: torch.Tensor) -> None:
         raise ValueError(f"unknown backend {backend!r}: use 'torch' or 'triton'")
     if backend == "torch":
         return
-    reason = _unavailable_reason()
-    if reason is not None:
-        raise RuntimeError(f"the triton backend cannot run here ({reason}): {_FIX}")
-    if not interpreted() and any(t.device.type != "cuda" for t in tensors):
-        raise RuntimeError(f"the triton backend needs CUDA tensors: move them to the GPU, or {_FIX}")
+    problem = next(filter(None, map(triton_problem, {t.device for t in tensors} or {None})), None)
+    if problem is not None:
+        raise RuntimeError(f"the triton backend cannot run here ({problem}): give it CUDA tensors, set "
+                           "TRITON_INTERPRET=1 before Python starts to interpret it on the CPU, or use backend='torch'")
 
 
 def _bernoulli_kernel(h_ptr, w_ptr, bias_ptr, x_ptr, out_ptr, M, B, D, H,
@@ -298,14 +305,12 @@ def keyed_normals(seed: int, index: torch.Tensor, start: int, stop: int, dim: in
         raise ValueError(f"example indices must lie in 0..2**{KEY_INDEX_BITS} - 1")
     if len(index) > MAX_GRID_Y:
         raise ValueError(f"{len(index)} examples in one call: at most {MAX_GRID_Y} (a CUDA grid limit); use smaller batches")
-    reason = _unavailable_reason()
-    if reason is not None:
-        raise RuntimeError(f"seeded sampling on CUDA draws from Triton's Philox, and Triton cannot run here ({reason}): "
-                           "install triton (PyTorch's Linux CUDA wheels include it) or use --device cpu")
+    problem = triton_problem(device)
+    if problem is not None:
+        raise RuntimeError(f"seeded sampling on CUDA draws from Triton's Philox, which cannot run here ({problem}): "
+                           "install triton (PyTorch's Linux CUDA wheels include it) or use --device cpu, "
+                           "where seeded_noise draws with numpy")
     keys = (index + (seed << KEY_INDEX_BITS)).to(device)
-    if not interpreted() and keys.device.type != "cuda":
-        raise RuntimeError("keyed_normals runs on CUDA (or under TRITON_INTERPRET=1 on the CPU); "
-                           "seeded_noise draws CPU samples with numpy")
     n = stop - start
     out = torch.empty(n, len(index), dim, dtype=torch.float32, device=keys.device)
     if out.numel():

@@ -59,9 +59,8 @@ def skip_reason(setup: str, device: torch.device) -> str | None:
         raise ValueError(f"unknown set-up {setup!r}: use one of {', '.join(SETUPS)}")
     if "tf32" in setup and device.type != "cuda":
         return "skipped: TF32 needs CUDA"
-    if setup.startswith("triton") and not (kernels.triton_available() and (device.type == "cuda" or kernels.interpreted())):
-        return "skipped: the kernels need CUDA tensors here (or TRITON_INTERPRET=1 on a machine without CUDA)"
-    return None
+    problem = kernels.triton_problem(device) if setup.startswith("triton") else None
+    return None if problem is None else f"skipped: {problem}"
 
 
 @torch.no_grad()

@@ -53,7 +53,7 @@ from bench.allocator import keep_freed_memory
 from bench.data import DataError, load_dataset
 from bench.estimators import iwae_bound
 from bench.files import atomic_path
-from bench.kernels import dot_precision, triton_available
+from bench.kernels import dot_precision, interpreted, triton_problem
 from models.vae import VAE, ModelConfig
 
 VAMP_MNIST = ModelConfig(x_dim=784, z_dim=40, hidden=300, depth=2, net="gated", prior="vamp", n_components=500)
@@ -315,13 +315,11 @@ def run(device: torch.device, images: int, k: int, authors_images: int, batch_si
     common = {"device": device.type, "device_name": name, "torch": torch.__version__,
               "threads": torch.get_num_threads(), "k": k, "flops_per_image": flops_image, "data": data}
     batch_size = min(batch_size, images)
-    interpreted = os.environ.get("TRITON_INTERPRET") == "1"
     skip_triton = None
-    if device.type != "cuda":
-        skip_triton = "skipped: the fused kernels need CUDA here; the CPU Triton interpreter is not a speed path"
-    elif interpreted or not triton_available():
-        why = "TRITON_INTERPRET=1 (unset it to compile the kernels)" if interpreted else "triton is not available"
-        skip_triton = f"skipped: {why}"
+    if device.type != "cuda" or interpreted():
+        skip_triton = "skipped: only compiled kernels on CUDA are a speed path (unset TRITON_INTERPRET, use --device cuda)"
+    elif (problem := triton_problem(device)) is not None:
+        skip_triton = f"skipped: {problem}"
     paths: dict[str, tuple[int, Callable[[int], torch.Tensor], str | None]] = {
         "ours-torch": (images, lambda n: ours(model, x[:n], k, "torch", batch_size), None),
         "ours-triton": (images, lambda n: ours(model, x[:n], k, "triton", batch_size), skip_triton),

@@ -170,6 +170,18 @@ def test_unavailable_triton_names_the_fix(monkeypatch):
         bernoulli_log_lik(features, weight, bias, x, backend="cuda")
 
 
+def test_cpu_tensors_on_a_cuda_machine_name_the_fix(monkeypatch):
+    monkeypatch.setenv("TRITON_INTERPRET", "0")
+    monkeypatch.setattr(kernels, "_unavailable_reason", lambda: None)  # as on a machine with CUDA
+    assert kernels.triton_problem("cuda") is None and kernels.triton_problem() is None
+    assert "CUDA tensors, not cpu" in kernels.triton_problem("cpu")
+    features, weight, bias, x = decoder_case(1, 2, 3, 4, 1.0, 0)
+    with pytest.raises(RuntimeError, match="CUDA tensors, not cpu.*give it CUDA tensors"):
+        bernoulli_log_lik(features.cpu(), weight.cpu(), bias.cpu(), x.cpu(), backend="triton")
+    with pytest.raises(RuntimeError, match="CUDA tensors, not cpu.*--device cpu"):
+        kernels.keyed_normals(0, torch.arange(2), 0, 4, 3, "cpu")
+
+
 def test_keyed_normals_do_not_depend_on_batching_or_chunking():
     whole = kernels.keyed_normals(3, torch.arange(6), 0, 120, 7, DEVICE)
     assert whole.shape == (120, 6, 7) and whole.dtype == torch.float32

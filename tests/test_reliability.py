@@ -303,7 +303,7 @@ def test_test_subset_is_a_fixed_spread_sample_not_a_prefix():
 def test_triton_backend_with_cpu_tensors_names_the_fix(monkeypatch):
     from bench import cli, kernels
 
-    monkeypatch.setattr(kernels, "triton_available", lambda: True)  # as on a machine with CUDA
+    monkeypatch.setattr(kernels, "_unavailable_reason", lambda: None)  # as on a machine with CUDA
     monkeypatch.setenv("TRITON_INTERPRET", "0")
     with pytest.raises(cli.UsageError, match="add --device cuda"):
         cli.resolve_backend("triton", torch.device("cpu"))

@@ -14,14 +14,13 @@ seconds on 2 CPU cores. The Triton cases need CUDA and a compiled Triton: under 
 (``TRITON_INTERPRET=1``) the kernels are tested for correctness in ``tests/test_kernels.py``, not timed.
 """
 import math
-import os
 
 import pytest
 import torch
 
 from bench.data import Dataset
 from bench.estimators import iwae_bound, log_weights
-from bench.kernels import triton_available
+from bench.kernels import interpreted, triton_problem
 from bench.protocol import evaluate
 from bench.speed import VAMP_MNIST, flops_per_sample
 from models.vae import VAE
@@ -43,12 +42,10 @@ def require(backend: str) -> None:
     tests/conftest.py sets TRITON_INTERPRET=1 when there is no CUDA device."""
     if backend == "torch":
         return
-    if DEVICE.type != "cuda":
-        pytest.skip("the fused Triton kernels are timed on CUDA only (the CPU interpreter is not a speed path)")
-    if os.environ.get("TRITON_INTERPRET") == "1":
-        pytest.skip("TRITON_INTERPRET=1 runs the Triton interpreter, not a speed path: unset it to time the kernels")
-    if not triton_available():
-        pytest.skip("triton is not installed")
+    if DEVICE.type != "cuda" or interpreted():
+        pytest.skip("the fused Triton kernels are timed compiled on CUDA only (the interpreter is not a speed path)")
+    if (problem := triton_problem(DEVICE)) is not None:
+        pytest.skip(problem)
 
 
 def agree(got: torch.Tensor, want: torch.Tensor) -> bool:
