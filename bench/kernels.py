@@ -42,10 +42,11 @@ from bench.mixture import DiagonalGaussianMixture
 
 triton = tl = None  # the modules, set by _load_triton; the kernel bodies below read ``tl`` when they run
 
-# Tiles and launch settings. Bernoulli: the fastest of 48 float32 (ieee) configurations timed on an H200
-# for the MNIST decoder head (H = 300, D = 784), 1.6x the first choice (64, 64, 32, 4 warps).
+# Tiles and launch settings (``python -m bench.tiles`` sweeps them). Bernoulli: the fastest of 48 float32
+# (ieee) configurations timed on an H200 for the MNIST decoder head (H = 300, D = 784), 1.6x the first
+# choice (64, 64, 32, 4 warps). Mixture: Triton's default launch, not yet swept on a GPU.
 BERNOULLI_TILES = {"BLOCK_M": 128, "BLOCK_N": 64, "BLOCK_K": 16, "num_warps": 4, "num_stages": 3}
-MIXTURE_TILES = {"BLOCK_M": 64, "BLOCK_N": 64, "BLOCK_K": 32}
+MIXTURE_TILES = {"BLOCK_M": 64, "BLOCK_N": 64, "BLOCK_K": 32, "num_warps": 4, "num_stages": 3}
 DOT_PRECISION = "ieee"
 DOT_PRECISIONS = ("ieee", "tf32x3", "tf32")
 BACKENDS = ("torch", "triton")
@@ -113,6 +114,30 @@ def dot_precision(precision: str) -> Iterator[None]:
         yield
     finally:
         DOT_PRECISION = before
+
+
+TILE_KEYS = ("BLOCK_M", "BLOCK_N", "BLOCK_K", "num_warps", "num_stages")
+
+
+@contextlib.contextmanager
+def tile_settings(kernel: str, settings: dict[str, int]) -> Iterator[None]:
+    """Within the block, ``kernel`` (``bernoulli`` or ``mixture``) launches with ``settings`` (BLOCK_M,
+    BLOCK_N, BLOCK_K: powers of two, at least 16; optionally num_warps, num_stages) instead of its own tiles."""
+    tiles = {"bernoulli": BERNOULLI_TILES, "mixture": MIXTURE_TILES}.get(kernel)
+    if tiles is None:
+        raise ValueError(f"unknown kernel {kernel!r}: use 'bernoulli' or 'mixture'")
+    if not set(TILE_KEYS[:3]) <= settings.keys() <= set(TILE_KEYS):
+        raise ValueError(f"tile settings {sorted(settings)}: give BLOCK_M, BLOCK_N, BLOCK_K and at most num_warps, num_stages")
+    if any(settings[key] < 16 or settings[key] & (settings[key] - 1) for key in TILE_KEYS[:3]):
+        raise ValueError(f"tile sizes {[settings[key] for key in TILE_KEYS[:3]]}: use powers of two of at least 16 (tl.dot)")
+    before = dict(tiles)
+    tiles.clear()
+    tiles.update(settings)
+    try:
+        yield
+    finally:
+        tiles.clear()
+        tiles.update(before)
 
 
 def _check_backend(backend: str, *tensors: torch.Tensor) -> None:

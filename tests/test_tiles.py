@@ -1,0 +1,85 @@
+"""The tile sweep (bench.tiles): every configuration it times gives the float64 answer to within a
+float32 rounding-error bound, on shapes that no tile divides (so every mask is exercised).
+
+Bounds (Higham, gamma_n = n u / (1 - n u), u = 2^-24), per output row:
+- Bernoulli, out = sum_j x_j l_j - softplus(l_j) with l = h W^T + b: each logit carries at most
+  gamma_{H+1} (sum_h |h_h W_jh| + |b_j|), and d out / d l_j = x_j - sigmoid(l_j) lies in [-1, 1]; the
+  epilogue and the sum over D add gamma_{D+4} sum_j (|x_j l_j| + softplus(l_j)).
+- Mixture, log sum_c exp(log_mix_c + z^2 . a_c + z . b_c + k_c) with a, b, k formed in float32: each
+  component's exponent carries gamma_{2d+8} times the sum of its terms' magnitudes, and logsumexp
+  (weights summing to 1) passes on at most the largest of those; the running sum of at most C terms
+  in (0, 1] and the final log add gamma_{C+4} + gamma_2 |out|.
+"""
+import math
+
+import pytest
+import torch
+from torch.nn import functional as F
+
+from bench import kernels, tiles
+
+pytestmark = pytest.mark.skipif(kernels.triton_problem() is not None, reason=str(kernels.triton_problem()))
+SMALL = tiles.SHAPES["small"]
+DEVICE = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+U = 2.0**-24
+
+
+def gamma(n: int) -> float:
+    return n * U / (1 - n * U)
+
+
+def bernoulli_bound(t: dict[str, torch.Tensor]) -> torch.Tensor:
+    h, w, b, x = (t[key].double() for key in ("features", "weight", "bias", "x"))
+    logits = h @ w.T + b
+    magnitude = h.abs() @ w.abs().T + b.abs()
+    terms = (x * logits).abs() + F.softplus(logits)
+    return gamma(w.shape[1] + 1) * magnitude.sum(-1) + gamma(w.shape[0] + 4) * terms.sum(-1)
+
+
+def mixture_bound(t: dict[str, torch.Tensor], out: torch.Tensor) -> torch.Tensor:
+    z, loc, scale, log_mix = (t[key].double() for key in ("z", "loc", "scale", "log_mix"))
+    precision = scale.pow(-2)
+    n, dim = loc.shape
+    constant = (log_mix.abs() + 0.5 * (loc.pow(2) * precision).sum(1) + scale.log().abs().sum(1)
+                + 0.5 * dim * math.log(2 * math.pi))
+    magnitude = z.pow(2) @ (0.5 * precision).T + z.abs() @ (loc.abs() * precision).T + constant  # [S, C]
+    return gamma(2 * dim + 8) * magnitude.max(1).values + gamma(n + 4) + gamma(2) * out.abs()
+
+
+@pytest.mark.parametrize("kernel", ["bernoulli", "mixture"])
+def test_every_tile_configuration_is_within_the_float32_bound(kernel):
+    run, reference, _ = tiles.cases(SMALL, DEVICE)[kernel]
+    t = tiles.inputs(SMALL)
+    bound = bernoulli_bound(t) if kernel == "bernoulli" else mixture_bound(t, reference)
+    assert bound.shape == reference.shape
+    for settings in tiles.configs(kernel):
+        with kernels.tile_settings(kernel, settings):
+            error = (run("triton").double().cpu() - reference).abs()
+        assert bool((error <= bound).all()), (settings, float((error / bound).max()))
+
+
+def test_sweep_rows_mark_the_committed_tiles_and_respect_the_budget():
+    rows = list(tiles.sweep(SMALL, DEVICE, kernel_names=("mixture",), limit=2))
+    _, reference, _ = tiles.cases(SMALL, DEVICE)["mixture"]
+    largest = float(mixture_bound(tiles.inputs(SMALL), reference).max())
+    assert [r["precision"] for r in rows] == ["torch", "ieee", "ieee"]
+    assert [r["committed"] for r in rows] == [False, True, False]
+    assert (rows[1]["block_m"], rows[1]["num_warps"]) == (kernels.MIXTURE_TILES["BLOCK_M"], kernels.MIXTURE_TILES["num_warps"])
+    assert all(r["max_abs_error"] <= largest and r["ms"] > 0 and "note" not in r for r in rows)
+    spent = list(tiles.sweep(SMALL, DEVICE, kernel_names=("bernoulli",), budget_s=0.0))
+    assert [r["precision"] for r in spent] == ["torch", "ieee"] and "budget" in spent[1]["note"]
+
+
+def test_tile_settings_are_checked_and_restored():
+    before = dict(kernels.BERNOULLI_TILES)
+    with pytest.raises(ValueError, match="powers of two"):
+        with kernels.tile_settings("bernoulli", {"BLOCK_M": 48, "BLOCK_N": 64, "BLOCK_K": 16}):
+            pass
+    with pytest.raises(ValueError, match="unknown kernel"):
+        with kernels.tile_settings("normal", before):
+            pass
+    with pytest.raises(RuntimeError, match="inside"), kernels.tile_settings("bernoulli", {**before, "BLOCK_M": 32}):
+        assert kernels.BERNOULLI_TILES["BLOCK_M"] == 32
+        raise RuntimeError("inside")
+    assert kernels.BERNOULLI_TILES == before
+    assert tiles.configs("bernoulli")[0] == before and len(tiles.configs("bernoulli")) == 72
