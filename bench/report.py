@@ -188,6 +188,25 @@ def precision_table(out: Path, tolerance: float = 0.01) -> pd.DataFrame:
     })
 
 
+def tiles_table(out: Path, fastest: int = 3) -> pd.DataFrame:
+    """``tiles.csv`` (``python -m bench.tiles``): per device, kernel and precision the ``fastest`` tile
+    configurations, the committed one and the torch path, fastest first; empty if the file is missing."""
+    path = out / "tiles.csv"
+    if not path.is_file():
+        return pd.DataFrame()
+    runs = pd.read_csv(path).dropna(subset=["ms"]).sort_values("ms", kind="stable")
+    rank = runs.groupby(["device_name", "kernel", "precision"]).cumcount()
+    shown = runs[(rank < fastest) | runs["committed"].astype(bool) | (runs["precision"] == "torch")]
+    shown = shown.sort_values(["device_name", "kernel", "ms"], kind="stable")
+    tiles = shown.apply(lambda r: "" if r["precision"] == "torch" else
+                        f"{r.block_m:.0f}x{r.block_n:.0f}x{r.block_k:.0f}, {r.num_warps:.0f} warps, {r.num_stages:.0f} stages",
+                        axis=1)
+    return pd.DataFrame({"device": shown["device_name"], "kernel": shown["kernel"], "precision": shown["precision"],
+                         "tiles (M x N x K)": tiles, "committed": shown["committed"].map(lambda v: "yes" if v else ""),
+                         "ms": shown["ms"].map(lambda v: f"{v:.3f}"), "TFLOP/s": shown["tflops"].map(lambda v: f"{v:.1f}"),
+                         "largest error (nats)": shown["max_abs_error"].map(lambda v: f"{v:.1e}")})
+
+
 def prior_ordering(records: pd.DataFrame, entries: dict, values: dict[str, tuple[str | None, pd.Series]]) -> str:
     """Whether the one-level VAEs order as in the paper, VampPrior > MoG > standard: the paired
     per-test-point differences of L_K (``values``: :func:`load_per_example`), beyond 2 standard errors."""
@@ -239,9 +258,10 @@ def write_tables(records: pd.DataFrame, entries: dict, out: Path) -> Path:
         ("Training budget: ours and the papers'", budget_table(entries)),
         ("Speed of the evaluation (kernel_bench.csv)", speed_table(out)),
         ("Rounding error of L_K per arithmetic set-up, against float64 (precision.csv)", precision_table(out)),
+        ("Tiles of the fused kernels (tiles.csv)", tiles_table(out)),
         ("Sources of the published numbers", sources_table(entries)),
     ):
-        if title.startswith(("Speed", "Rounding")) and not len(table):
+        if title.startswith(("Speed", "Rounding", "Tiles")) and not len(table):
             continue
         parts.append(f"\n## {title}\n\n" + (_markdown(table) if len(table) else "No trained model yet.\n"))
         if title.startswith("VampPrior") and ordering:

@@ -228,12 +228,12 @@ def test_code_version_ignores_what_training_and_evaluation_write(tmp_path, monke
     assert cli.code_version() == clean + "-dirty" and cli.source_hash() != source
 
 
-def test_speed_and_precision_tables_read_their_csvs(tmp_path):
+def test_speed_precision_and_tiles_tables_read_their_csvs(tmp_path):
     import pandas as pd
 
-    from bench.report import precision_table, speed_table
+    from bench.report import precision_table, speed_table, tiles_table
 
-    assert speed_table(tmp_path).empty and precision_table(tmp_path).empty
+    assert speed_table(tmp_path).empty and precision_table(tmp_path).empty and tiles_table(tmp_path).empty
     pd.DataFrame([
         {"path": "ours-torch", "device_name": "GPU", "k": 5000, "images": 10, "ms_per_image": 0.5, "ratio_to_roofline": 1.25,
          "fraction_of_fp32_peak": 0.4, "speedup_vs_per_image_lean": 2.0, "speedup_vs_authors": 100.0,
@@ -250,3 +250,12 @@ def test_speed_and_precision_tables_read_their_csvs(tmp_path):
     ]).to_csv(tmp_path / "precision.csv", index=False)
     table = precision_table(tmp_path)
     assert list(zip(table["set-up"], table["within 0.01 nats"])) == [("torch-fp32", "yes"), ("triton-tf32", "no")]
+    tile = {"device_name": "GPU", "kernel": "mixture", "precision": "ieee", "block_m": 64, "block_n": 64, "block_k": 32,
+            "num_warps": 4, "num_stages": 3, "tflops": 1.0, "max_abs_error": 1e-6}
+    pd.DataFrame([{**tile, "precision": "torch", "committed": False, "ms": 2.5},
+                  *({**tile, "committed": i == 4, "ms": 1.0 + i, "block_m": 16 * (i + 1)} for i in range(5)),
+                  {**tile, "committed": False, "note": "failed: OutOfResources"}]).to_csv(tmp_path / "tiles.csv", index=False)
+    shown = tiles_table(tmp_path, fastest=2)
+    assert list(shown["ms"]) == ["1.000", "2.000", "2.500", "5.000"]
+    assert list(shown["precision"]) == ["ieee", "ieee", "torch", "ieee"] and list(shown["committed"]) == ["", "", "", "yes"]
+    assert shown.iloc[0]["tiles (M x N x K)"] == "16x64x32, 4 warps, 3 stages" and shown.iloc[2]["tiles (M x N x K)"] == ""
