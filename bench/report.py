@@ -208,28 +208,30 @@ def tiles_table(out: Path, fastest: int = 3) -> pd.DataFrame:
 
 
 def prior_ordering(records: pd.DataFrame, entries: dict, values: dict[str, tuple[str | None, pd.Series]]) -> str:
-    """Whether the one-level VAEs order as in the paper, VampPrior > MoG > standard: the paired
-    per-test-point differences of L_K (``values``: :func:`load_per_example`), beyond 2 standard errors."""
-    by_prior = {}
+    """Whether the VAEs of each depth order as in the paper, VampPrior > MoG > standard (two-level:
+    VampPrior > standard): the paired per-test-point differences of L_K (``values``:
+    :func:`load_per_example`) between neighbours in that order, beyond 2 standard errors."""
+    by_prior: dict[int, dict[str, str]] = {}
     for r in records.itertuples():
         entry = entries.get(r.model)
-        if entry is not None and entry.group == "vampprior" and entry.model.levels == 1 and r.model in values:
-            by_prior[entry.model.prior] = r.model
-    if not {"standard", "mog", "vamp"} <= by_prior.keys():
-        return ""
-    verdicts = []
-    for better, worse in (("vamp", "mog"), ("mog", "standard")):
-        a, b = values[by_prior[better]][1], values[by_prior[worse]][1]
-        paired = a.sub(b).dropna()  # aligned on test_index: only points both evaluated
-        if paired.empty:
-            continue
-        diff, se = paired.mean(), paired.std() / math.sqrt(len(paired))
-        verdicts.append(f"{better} − {worse} = {diff:+.2f} ± {se:.2f} nats "
-                        f"({'holds' if diff > 2 * se else 'not shown' if diff > 0 else 'reversed'}; "
-                        f"{len(paired)} shared test points)")
-    if not verdicts:
-        return ""
-    return "Ordering of the paper (VampPrior > MoG > standard): " + "; ".join(verdicts) + "."
+        if entry is not None and entry.group == "vampprior" and r.model in values:
+            by_prior.setdefault(entry.model.levels, {}).setdefault(entry.model.prior, r.model)
+    lines = []
+    for levels, models in sorted(by_prior.items()):
+        ranked = [prior for prior in ("vamp", "mog", "standard") if prior in models]
+        verdicts = []
+        for better, worse in zip(ranked, ranked[1:]):
+            paired = values[models[better]][1].sub(values[models[worse]][1]).dropna()  # shared test points only
+            if paired.empty:
+                continue
+            diff, se = paired.mean(), paired.std() / math.sqrt(len(paired))
+            verdicts.append(f"{better} − {worse} = {diff:+.2f} ± {se:.2f} nats "
+                            f"({'holds' if diff > 2 * se else 'not shown' if diff > 0 else 'reversed'}; "
+                            f"{len(paired)} shared test points)")
+        if verdicts:
+            order = " > ".join({"vamp": "VampPrior", "mog": "MoG", "standard": "standard"}[p] for p in ranked)
+            lines.append(f"Ordering of the paper, {levels}-level ({order}): " + "; ".join(verdicts) + ".")
+    return "\n\n".join(lines)
 
 
 def write_tables(records: pd.DataFrame, entries: dict, out: Path) -> Path:

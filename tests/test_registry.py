@@ -117,8 +117,17 @@ def test_prior_ordering_uses_paired_differences(tmp_path):
         index = subsets[name]
         pd.DataFrame({"test_index": index.numpy(), "L_5000": (base[index] + shift).numpy()}).to_csv(
             folder / f"{name}.csv.gz", index=False)
-    records = pd.DataFrame({"model": ["vae-standard", "vae-mog", "vae-vampprior"]})
+    pd.DataFrame({"test_index": range(60), "L_5000": (base + 2.0).numpy()}).to_csv(
+        folder / "hvae-vampprior.csv.gz", index=False)
+    records = pd.DataFrame({"model": ["vae-standard", "vae-mog", "vae-vampprior", "hvae-vampprior"]})
     text = prior_ordering(records, registry.REGISTRY, load_per_example(records, tmp_path))
+    assert text.startswith("Ordering of the paper, 1-level (VampPrior > MoG > standard): ")
+    assert "2-level" not in text  # one two-level model: nothing to compare
+    pd.DataFrame({"test_index": range(60), "L_5000": (base + 0.5).numpy()}).to_csv(folder / "hvae-standard.csv.gz", index=False)
+    records = pd.concat([records, pd.DataFrame({"model": ["hvae-standard"]})])
+    text = prior_ordering(records, registry.REGISTRY, load_per_example(records, tmp_path))
+    assert text.endswith("\n\nOrdering of the paper, 2-level (VampPrior > standard): "
+                         "vamp − standard = +1.50 ± 0.00 nats (holds; 60 shared test points).")
     # identical values per test point up to constant shifts: the paired s.e. is ~0, so 0.05 nats is
     # resolved, and only the shared points count (vamp/mog share 10..59, mog/standard 10..49)
     assert "vamp − mog = -0.10 ± 0.00 nats (reversed; 50 shared test points)" in text
