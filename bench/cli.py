@@ -75,8 +75,7 @@ def resolve_backend(name: str, device: torch.device) -> str:
 
     problem = triton_problem(device) if name == "triton" else None
     if problem is not None:
-        raise UsageError(f"--backend triton cannot run here ({problem}): add --device cuda on a machine with a GPU "
-                         "(TRITON_INTERPRET=1 interprets it on the CPU, slowly, for testing), or use --backend torch")
+        raise UsageError(f"--backend triton cannot run here: {problem}; or use --backend torch")
     return name
 
 

@@ -44,9 +44,11 @@ triton = tl = None  # the modules, set by _load_triton; the kernel bodies below 
 
 # Tiles and launch settings (``python -m bench.tiles`` sweeps them). Bernoulli: the fastest of 48 float32
 # (ieee) configurations timed on an H200 for the MNIST decoder head (H = 300, D = 784), 1.6x the first
-# choice (64, 64, 32, 4 warps). Mixture: Triton's default launch, not yet swept on a GPU.
+# choice (64, 64, 32, 4 warps). Mixture: block sizes chosen by hand, Triton's default warps and stages;
+# not yet swept on a GPU.
 BERNOULLI_TILES = {"BLOCK_M": 128, "BLOCK_N": 64, "BLOCK_K": 16, "num_warps": 4, "num_stages": 3}
 MIXTURE_TILES = {"BLOCK_M": 64, "BLOCK_N": 64, "BLOCK_K": 32, "num_warps": 4, "num_stages": 3}
+TILE_KEYS = ("BLOCK_M", "BLOCK_N", "BLOCK_K", "num_warps", "num_stages")
 DOT_PRECISION = "ieee"
 DOT_PRECISIONS = ("ieee", "tf32x3", "tf32")
 BACKENDS = ("torch", "triton")
@@ -71,11 +73,12 @@ def _load_triton() -> bool:
 
 
 def _unavailable_reason() -> str | None:
-    """Why the triton backend cannot run here, or None when it can."""
+    """Why Triton cannot run here at all, with the fix; None when it can."""
     if not (torch.cuda.is_available() or interpreted()):
-        return "there is no CUDA device and TRITON_INTERPRET is not 1"
+        return ("there is no CUDA device: run on a GPU, or set TRITON_INTERPRET=1 before Python starts to "
+                "interpret the kernels on the CPU (slow; for testing)")
     if not _load_triton():
-        return "triton is not installed"
+        return "triton is not installed: install it (PyTorch's Linux CUDA wheels include it)"
     # Triton picks interpreted or compiled functions when it jits them: its own library at import,
     # these kernels in _load_triton. Both must match the flag now.
     modes = {interpreted(), *(type(f).__name__ == "InterpretedFunction" for f in (tl.zeros, *_jitted.values()))}
@@ -86,20 +89,17 @@ def _unavailable_reason() -> str | None:
 
 
 def triton_problem(device: torch.device | str | None = None) -> str | None:
-    """Why the kernels cannot run here on tensors on ``device`` (None: on any device), or None when they can.
+    """Why the kernels cannot run here on tensors on ``device`` (device unchecked when None), with the fix;
+    None when they can. The one check behind every backend choice.
 
     Compiled, they take CUDA tensors; under ``TRITON_INTERPRET=1`` the interpreter takes CPU tensors.
-    Imports ``triton`` only when one of the two can hold. The one check behind every backend choice.
+    Imports ``triton`` only when one of the two can hold.
     """
     reason = _unavailable_reason()
     if reason is None and device is not None and torch.device(device).type != "cuda" and not interpreted():
-        reason = f"compiled Triton kernels take CUDA tensors, not {torch.device(device).type} ones"
+        reason = (f"compiled Triton kernels take CUDA tensors, not {torch.device(device).type} ones: "
+                  "put them on the GPU (--device cuda)")
     return reason
-
-
-def triton_available() -> bool:
-    """True when Triton imports and can run here: a CUDA device, or ``TRITON_INTERPRET=1`` (CPU)."""
-    return triton_problem() is None
 
 
 @contextlib.contextmanager
@@ -116,13 +116,11 @@ def dot_precision(precision: str) -> Iterator[None]:
         DOT_PRECISION = before
 
 
-TILE_KEYS = ("BLOCK_M", "BLOCK_N", "BLOCK_K", "num_warps", "num_stages")
-
-
 @contextlib.contextmanager
 def tile_settings(kernel: str, settings: dict[str, int]) -> Iterator[None]:
     """Within the block, ``kernel`` (``bernoulli`` or ``mixture``) launches with ``settings`` (BLOCK_M,
-    BLOCK_N, BLOCK_K: powers of two, at least 16; optionally num_warps, num_stages) instead of its own tiles."""
+    BLOCK_N, BLOCK_K: powers of two, at least 16; optionally num_warps, num_stages, else Triton's
+    defaults) instead of its own tiles."""
     tiles = {"bernoulli": BERNOULLI_TILES, "mixture": MIXTURE_TILES}.get(kernel)
     if tiles is None:
         raise ValueError(f"unknown kernel {kernel!r}: use 'bernoulli' or 'mixture'")
@@ -145,10 +143,10 @@ def _check_backend(backend: str, *tensors: torch.Tensor) -> None:
         raise ValueError(f"unknown backend {backend!r}: use 'torch' or 'triton'")
     if backend == "torch":
         return
-    problem = next(filter(None, map(triton_problem, {t.device for t in tensors} or {None})), None)
-    if problem is not None:
-        raise RuntimeError(f"the triton backend cannot run here ({problem}): give it CUDA tensors, set "
-                           "TRITON_INTERPRET=1 before Python starts to interpret it on the CPU, or use backend='torch'")
+    for device in {t.device for t in tensors} or {None}:
+        problem = triton_problem(device)
+        if problem is not None:
+            raise RuntimeError(f"the triton backend cannot run here: {problem}; or use backend='torch'")
 
 
 def _bernoulli_kernel(h_ptr, w_ptr, bias_ptr, x_ptr, out_ptr, M, B, D, H,
@@ -332,9 +330,8 @@ def keyed_normals(seed: int, index: torch.Tensor, start: int, stop: int, dim: in
         raise ValueError(f"{len(index)} examples in one call: at most {MAX_GRID_Y} (a CUDA grid limit); use smaller batches")
     problem = triton_problem(device)
     if problem is not None:
-        raise RuntimeError(f"seeded sampling on CUDA draws from Triton's Philox, which cannot run here ({problem}): "
-                           "install triton (PyTorch's Linux CUDA wheels include it) or use --device cpu, "
-                           "where seeded_noise draws with numpy")
+        raise RuntimeError(f"seeded sampling on CUDA draws from Triton's Philox, which cannot run here: {problem}; "
+                           "or evaluate with --device cpu (numpy's Philox)")
     keys = (index + (seed << KEY_INDEX_BITS)).to(device)
     n = stop - start
     out = torch.empty(n, len(index), dim, dtype=torch.float32, device=keys.device)

@@ -305,7 +305,7 @@ def test_triton_backend_with_cpu_tensors_names_the_fix(monkeypatch):
 
     monkeypatch.setattr(kernels, "_unavailable_reason", lambda: None)  # as on a machine with CUDA
     monkeypatch.setenv("TRITON_INTERPRET", "0")
-    with pytest.raises(cli.UsageError, match="add --device cuda"):
+    with pytest.raises(cli.UsageError, match="--device cuda.*--backend torch"):
         cli.resolve_backend("triton", torch.device("cpu"))
     assert cli.resolve_backend("triton", torch.device("cuda")) == "triton"
     assert cli.resolve_backend("torch", torch.device("cpu")) == "torch"

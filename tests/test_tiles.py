@@ -1,14 +1,17 @@
-"""The tile sweep (bench.tiles): every configuration it times gives the float64 answer to within a
-float32 rounding-error bound, on shapes that no tile divides (so every mask is exercised).
+"""The tile sweep (bench.tiles): every configuration gives the float64 answer to within a float32
+rounding-error bound, on shapes that span several tiles of every size and that no tile divides (so
+every mask and every loop-carried sum runs).
 
-Bounds (Higham, gamma_n = n u / (1 - n u), u = 2^-24), per output row:
+First-order bounds (Higham, gamma_n = n u / (1 - n u), u = 2^-24), per output row, with a few units of
+rounding to spare for each exp and log (on a GPU ``tl.exp`` is an approximation within a few ulps):
 - Bernoulli, out = sum_j x_j l_j - softplus(l_j) with l = h W^T + b: each logit carries at most
   gamma_{H+1} (sum_h |h_h W_jh| + |b_j|), and d out / d l_j = x_j - sigmoid(l_j) lies in [-1, 1]; the
-  epilogue and the sum over D add gamma_{D+4} sum_j (|x_j l_j| + softplus(l_j)).
+  epilogue (about six operations a term) and the sum over D add gamma_{D+8} sum_j (|x_j l_j| + softplus(l_j)).
 - Mixture, log sum_c exp(log_mix_c + z^2 . a_c + z . b_c + k_c) with a, b, k formed in float32: each
   component's exponent carries gamma_{2d+8} times the sum of its terms' magnitudes, and logsumexp
-  (weights summing to 1) passes on at most the largest of those; the running sum of at most C terms
-  in (0, 1] and the final log add gamma_{C+4} + gamma_2 |out|.
+  (weights summing to 1) passes on at most the largest of those; the rescaled running sum of at most C
+  terms in (0, 1] and the final log add gamma_{C+8} + gamma_2 |out|.
+A tile-masking bug costs far more: log 2 per padded Bernoulli column, or a spurious mixture component.
 """
 import math
 
@@ -33,7 +36,7 @@ def bernoulli_bound(t: dict[str, torch.Tensor]) -> torch.Tensor:
     logits = h @ w.T + b
     magnitude = h.abs() @ w.abs().T + b.abs()
     terms = (x * logits).abs() + F.softplus(logits)
-    return gamma(w.shape[1] + 1) * magnitude.sum(-1) + gamma(w.shape[0] + 4) * terms.sum(-1)
+    return gamma(w.shape[1] + 1) * magnitude.sum(-1) + gamma(w.shape[0] + 8) * terms.sum(-1)
 
 
 def mixture_bound(t: dict[str, torch.Tensor], out: torch.Tensor) -> torch.Tensor:
@@ -43,24 +46,33 @@ def mixture_bound(t: dict[str, torch.Tensor], out: torch.Tensor) -> torch.Tensor
     constant = (log_mix.abs() + 0.5 * (loc.pow(2) * precision).sum(1) + scale.log().abs().sum(1)
                 + 0.5 * dim * math.log(2 * math.pi))
     magnitude = z.pow(2) @ (0.5 * precision).T + z.abs() @ (loc.abs() * precision).T + constant  # [S, C]
-    return gamma(2 * dim + 8) * magnitude.max(1).values + gamma(n + 4) + gamma(2) * out.abs()
+    return gamma(2 * dim + 8) * magnitude.max(1).values + gamma(n + 8) + gamma(2) * out.abs()
 
 
 @pytest.mark.parametrize("kernel", ["bernoulli", "mixture"])
 def test_every_tile_configuration_is_within_the_float32_bound(kernel):
-    run, reference, _ = tiles.cases(SMALL, DEVICE)[kernel]
+    run, reference, _ = tiles.case(kernel, SMALL, DEVICE)
     t = tiles.inputs(SMALL)
     bound = bernoulli_bound(t) if kernel == "bernoulli" else mixture_bound(t, reference)
     assert bound.shape == reference.shape
-    for settings in tiles.configs(kernel):
+    # compiled, each configuration is a compilation: a spread of a ninth of the grid (the committed first)
+    checked = 0
+    for settings in tiles.configs(kernel)[::1 if kernels.interpreted() else 9]:
         with kernels.tile_settings(kernel, settings):
-            error = (run("triton").double().cpu() - reference).abs()
+            try:
+                error = (run("triton").double().cpu() - reference).abs()
+            except Exception as err:  # a GPU with less shared memory than the tile needs: a sweep note, not a bug
+                if type(err).__name__ != "OutOfResources":
+                    raise
+                continue
         assert bool((error <= bound).all()), (settings, float((error / bound).max()))
+        checked += 1
+    assert checked >= 8
 
 
 def test_sweep_rows_mark_the_committed_tiles_and_respect_the_budget():
     rows = list(tiles.sweep(SMALL, DEVICE, kernel_names=("mixture",), limit=2))
-    _, reference, _ = tiles.cases(SMALL, DEVICE)["mixture"]
+    _, reference, _ = tiles.case("mixture", SMALL, DEVICE)
     largest = float(mixture_bound(tiles.inputs(SMALL), reference).max())
     assert [r["precision"] for r in rows] == ["torch", "ieee", "ieee"]
     assert [r["committed"] for r in rows] == [False, True, False]
