@@ -48,6 +48,7 @@ triton = tl = None  # the modules, set by _load_triton; the kernel bodies below 
 # not yet swept on a GPU.
 BERNOULLI_TILES = {"BLOCK_M": 128, "BLOCK_N": 64, "BLOCK_K": 16, "num_warps": 4, "num_stages": 3}
 MIXTURE_TILES = {"BLOCK_M": 64, "BLOCK_N": 64, "BLOCK_K": 32, "num_warps": 4, "num_stages": 3}
+KERNEL_TILES = {"bernoulli": BERNOULLI_TILES, "mixture": MIXTURE_TILES}  # the launch settings each kernel reads
 TILE_KEYS = ("BLOCK_M", "BLOCK_N", "BLOCK_K", "num_warps", "num_stages")
 DOT_PRECISION = "ieee"
 DOT_PRECISIONS = ("ieee", "tf32x3", "tf32")
@@ -121,9 +122,9 @@ def tile_settings(kernel: str, settings: dict[str, int]) -> Iterator[None]:
     """Within the block, ``kernel`` (``bernoulli`` or ``mixture``) launches with ``settings`` (BLOCK_M,
     BLOCK_N, BLOCK_K: powers of two, at least 16; optionally num_warps, num_stages, else Triton's
     defaults) instead of its own tiles."""
-    tiles = {"bernoulli": BERNOULLI_TILES, "mixture": MIXTURE_TILES}.get(kernel)
+    tiles = KERNEL_TILES.get(kernel)
     if tiles is None:
-        raise ValueError(f"unknown kernel {kernel!r}: use 'bernoulli' or 'mixture'")
+        raise ValueError(f"unknown kernel {kernel!r}: use one of {', '.join(KERNEL_TILES)}")
     if not set(TILE_KEYS[:3]) <= settings.keys() <= set(TILE_KEYS):
         raise ValueError(f"tile settings {sorted(settings)}: give BLOCK_M, BLOCK_N, BLOCK_K and at most num_warps, num_stages")
     if any(settings[key] < 16 or settings[key] & (settings[key] - 1) for key in TILE_KEYS[:3]):

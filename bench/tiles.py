@@ -44,7 +44,7 @@ COLUMNS = ["device_name", "kernel", "precision", "block_m", "block_n", "block_k"
 
 def configs(kernel: str) -> list[dict[str, int]]:
     """The committed tiles of ``kernel`` first, then every other point of ``GRID``."""
-    committed = dict({"bernoulli": kernels.BERNOULLI_TILES, "mixture": kernels.MIXTURE_TILES}[kernel])
+    committed = dict(kernels.KERNEL_TILES[kernel])
     grid = [dict(zip(GRID, values)) for values in itertools.product(*GRID.values())]
     return [committed, *(c for c in grid if c != committed)]
 
@@ -89,7 +89,7 @@ def timed_ms(fn: Callable[[], torch.Tensor], device: torch.device) -> float:
 
 
 def sweep(shape: dict[str, int], device: torch.device, precisions: tuple[str, ...] = ("ieee",),
-          kernel_names: tuple[str, ...] = ("bernoulli", "mixture"), budget_s: float = math.inf,
+          kernel_names: tuple[str, ...] = tuple(kernels.KERNEL_TILES), budget_s: float = math.inf,
           limit: int | None = None) -> Iterator[dict]:
     """Rows (see the module docstring): per kernel the torch path, then each precision and configuration
     (the first ``limit`` of :func:`configs`) until that kernel's ``budget_s`` seconds are spent."""
@@ -127,7 +127,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--shape", choices=tuple(SHAPES), default="protocol",
                         help="protocol: the timed shapes; small: a correctness pass (with TRITON_INTERPRET=1 on the CPU)")
     parser.add_argument("--precisions", nargs="+", choices=kernels.DOT_PRECISIONS, default=["ieee"])
-    parser.add_argument("--kernels", nargs="+", choices=("bernoulli", "mixture"), default=["bernoulli", "mixture"])
+    parser.add_argument("--kernels", nargs="+", choices=tuple(kernels.KERNEL_TILES), default=list(kernels.KERNEL_TILES))
     parser.add_argument("--budget", type=float, default=150.0, help="seconds per kernel")
     parser.add_argument("--out", type=Path, default=Path("results/tiles.csv"))
     args = parser.parse_args(argv)
