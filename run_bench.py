@@ -1,7 +1,13 @@
-"""Command line of the VAE evaluation suite: ``python run_bench.py --help``."""
-import sys
+"""Command line of the VAE evaluation suite from a checkout, without installing: ``python run_bench.py --help``.
 
-from bench.cli import main
+The same as the ``vaebench`` command that ``pip install .`` provides.
+"""
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent / "bench"))
+
+from vaebench.cli import run  # noqa: E402
 
 if __name__ == "__main__":
-    sys.exit(main(sys.argv[1:]))
+    run()

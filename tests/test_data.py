@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import torch
 
-from bench.data import DataError, Dataset, check_binary, load_dataset, parse_amat
+from vaebench.protocol.datasets import DataError, Dataset, check_binary, load_dataset, parse_amat
 
 SHARED = Path(os.environ.get("VAEBENCH_DATA", "")) if os.environ.get("VAEBENCH_DATA") else None
 
@@ -148,7 +148,7 @@ def test_real_binarized_mnist():
     data = load_dataset("binarized-mnist", SHARED)
     assert (data.train.shape, data.valid.shape, data.test.shape) == ((50000, 784), (10000, 784), (10000, 784))
     # the very bits the committed VampPrior-paper checkpoints were trained on (checksum in their JSON)
-    from models.registry import CHECKPOINTS, data_checksum
+    from vaebench.protocol.registry import CHECKPOINTS, data_checksum
 
     trained_on = json.loads((CHECKPOINTS / "vae-standard.json").read_text())["data_sha256"]
     assert data_checksum(data) == trained_on

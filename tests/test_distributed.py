@@ -3,8 +3,8 @@ import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
 
-from bench.protocol import per_example_bounds
-from models.vae import ModelConfig, build_model
+from vaebench.protocol.evaluate import per_example_bounds
+from vaebench.families.vae import ModelConfig, build_model
 
 KS = (1, 5, 20)
 

@@ -9,7 +9,8 @@ import pytest
 import torch
 from torch.distributions import Independent, MultivariateNormal, Normal
 
-from bench.estimators import NOISE_BLOCK, NonFiniteLogWeight, elbo, iwae_bound, iwae_bounds, log_weights
+from vaebench.core.noise import NOISE_BLOCK
+from vaebench.core.estimators import NonFiniteLogWeight, elbo, iwae_bound, iwae_bounds, log_weights
 from tests.closed_form import PPCA
 
 Z = 4.0  # standard errors allowed: a false alarm about once in 16,000 runs

@@ -1,8 +1,8 @@
-"""The Triton kernels of ``bench.kernels`` against plain PyTorch references computed in float64.
+"""The Triton kernels of ``vaebench.core.kernels`` against plain PyTorch references computed in float64.
 
 Without a GPU the kernels run under the Triton interpreter, which Triton enables only if
 ``TRITON_INTERPRET=1`` is set before ``triton`` is first imported: ``tests/conftest.py`` sets it
-when there is no CUDA device (``bench.kernels`` imports triton only on first use). With CUDA the
+when there is no CUDA device (``vaebench.core.kernels`` imports triton only on first use). With CUDA the
 kernels are compiled and these tests check the GPU build. If something imported ``triton`` earlier
 without the flag, the module is skipped and the reason says so.
 
@@ -23,15 +23,10 @@ from torch.distributions import (
     Normal,
 )
 
-from bench import kernels
-from bench.estimators import iwae_bounds
-from bench.kernels import (
-    bernoulli_log_lik,
-    fused_log_weights,
-    mixture_log_prob,
-    supports_fused,
-)
-from models.vae import ModelConfig, build_model
+from vaebench.core import kernels
+from vaebench.core.estimators import iwae_bounds, log_weights_of_samples, supports_fused
+from vaebench.core.kernels import bernoulli_log_lik, mixture_log_prob
+from vaebench.families.vae import ModelConfig, build_model
 from tests.closed_form import PPCA
 
 UNAVAILABLE = kernels._unavailable_reason()
@@ -133,7 +128,7 @@ def test_mixture_kernel_many_rows_and_zero_weight_components():
 
 @pytest.mark.parametrize("prior", ["standard", "mog", "vamp"])
 @pytest.mark.parametrize("levels", [1, 2])
-def test_fused_log_weights_match_plain_path(prior, levels):
+def test_log_weights_of_samples_match_plain_path(prior, levels):
     torch.manual_seed(0)
     config = ModelConfig(x_dim=784, z_dim=4, hidden=32, depth=2, net="gated", prior=prior, n_components=7,
                          levels=levels)
@@ -145,17 +140,17 @@ def test_fused_log_weights_match_plain_path(prior, levels):
         plain = model.likelihood(z).log_prob(x) + p.log_prob(z) - q.log_prob(z)
         assert supports_fused(model)
         for backend in ("torch", "triton"):
-            torch.testing.assert_close(fused_log_weights(model, q, p, z, x, backend), plain, rtol=0, atol=ATOL)
+            torch.testing.assert_close(log_weights_of_samples(model, q, p, z, x, backend), plain, rtol=0, atol=ATOL)
 
 
-def test_fused_log_weights_fall_back_for_other_models():
+def test_log_weights_of_samples_fall_back_for_other_models():
     model = PPCA()
     x = model.sample_x(4)
     q, p = model.posterior(x), model.prior()
     z = q.sample((2,))
     assert not supports_fused(model)
     plain = model.likelihood(z).log_prob(x) + p.log_prob(z) - q.log_prob(z)
-    torch.testing.assert_close(fused_log_weights(model, q, p, z, x, "triton"), plain)
+    torch.testing.assert_close(log_weights_of_samples(model, q, p, z, x, "triton"), plain)
 
 
 def test_unavailable_triton_names_the_fix(monkeypatch):

@@ -7,8 +7,8 @@ import torch
 from scipy import integrate, stats
 from torch.distributions import Independent, MixtureSameFamily, Categorical, Normal
 
-from bench.metrics import active_units, elbo_surgery, qew_samples
-from bench.mixture import DiagonalGaussianMixture, mixture_log_prob
+from vaebench.core.metrics import active_units, elbo_surgery, qew_samples
+from vaebench.core.mixture import DiagonalGaussianMixture, mixture_log_prob
 from tests.closed_form import PPCA, TablePosteriors
 
 Z = 4.0

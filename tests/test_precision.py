@@ -1,10 +1,11 @@
-"""``bench.precision``: per-image rounding error of L_K against float64 with the same seeded samples."""
+"""``vaebench.studies.precision``: per-image rounding error of L_K against float64 with the same seeded samples."""
 import pandas as pd
 import pytest
 import torch
 
-from bench import kernels, precision
-from models.vae import ModelConfig, build_model
+from vaebench.core import kernels
+from vaebench.studies import precision
+from vaebench.families.vae import ModelConfig, build_model
 
 
 @pytest.fixture(scope="module")

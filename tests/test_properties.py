@@ -6,7 +6,7 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from bench.estimators import iwae_bound
+from vaebench.core.estimators import iwae_bound
 
 
 class FixedWeights:

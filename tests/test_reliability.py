@@ -12,11 +12,11 @@ import pandas as pd
 import pytest
 import torch
 
-from bench.data import load_dataset
-from models import registry
-from models.checkpoint import CheckpointError, atomic_save, load_state
-from models.train import TrainConfig, train
-from models.vae import ModelConfig, build_model
+from vaebench.protocol.datasets import load_dataset
+from vaebench.protocol import registry
+from vaebench.protocol.checkpoint import CheckpointError, atomic_save, load_state
+from vaebench.protocol.train import TrainConfig, train
+from vaebench.families.vae import ModelConfig, build_model
 
 ROOT = Path(__file__).resolve().parent.parent
 TINY = "digits-vampprior"  # a committed checkpoint on a dataset that needs no files
@@ -148,7 +148,7 @@ def test_checkpoint_with_nan_weights_is_refused(tmp_path, monkeypatch):
 
 
 def test_check_fails_on_missing_metric_and_refuses_other_settings(tmp_path):
-    from bench.cli import compare_with_baseline
+    from vaebench.cli import compare_with_baseline
 
     baseline = pd.DataFrame([{"model": "m", "metric": "mutual_info", "value": 1.0, "se": 0.1, "k": 100,
                               "n_test": 200, "checkpoint_sha256": "abc"}])
@@ -172,7 +172,7 @@ def test_check_update_keeps_other_models(tmp_path):
 
 
 def test_progress_survives_until_the_record_is_stored(tmp_path):
-    from bench.protocol import evaluate
+    from vaebench.protocol.evaluate import evaluate
 
     progress = tmp_path / "p.progress.pt"
     evaluate(registry.load(registry.get(TINY)), load_dataset("digits"), k=50, n_test=20, progress_path=progress)
@@ -180,7 +180,7 @@ def test_progress_survives_until_the_record_is_stored(tmp_path):
 
 
 def test_unreadable_progress_file_is_replaced_with_a_warning(tmp_path):
-    from bench.protocol import evaluate
+    from vaebench.protocol.evaluate import evaluate
 
     model, data = registry.load(registry.get(TINY)), load_dataset("digits")
     want, _ = evaluate(model, data, k=50, n_test=20)
@@ -208,8 +208,8 @@ def test_foreign_file_among_records_is_a_clear_error(tmp_path):
 
 
 def test_non_binary_test_data_is_refused():
-    from bench.data import DataError
-    from bench.protocol import evaluate
+    from vaebench.protocol.datasets import DataError
+    from vaebench.protocol.evaluate import evaluate
 
     data = load_dataset("digits")
     data.test = data.test * 0.5
@@ -291,7 +291,7 @@ def test_interrupted_training_gives_the_same_weights(tmp_path):
 
 
 def test_test_subset_is_a_fixed_spread_sample_not_a_prefix():
-    from bench.protocol import test_subset
+    from vaebench.protocol.evaluate import test_subset
 
     ids = test_subset(10_000, 1_000)
     assert torch.equal(ids, test_subset(10_000, 1_000)) and len(set(ids.tolist())) == 1_000
@@ -301,7 +301,8 @@ def test_test_subset_is_a_fixed_spread_sample_not_a_prefix():
 
 
 def test_triton_backend_with_cpu_tensors_names_the_fix(monkeypatch):
-    from bench import cli, kernels
+    from vaebench import cli
+    from vaebench.core import kernels
 
     monkeypatch.setattr(kernels, "_unavailable_reason", lambda: None)  # as on a machine with CUDA
     monkeypatch.setenv("TRITON_INTERPRET", "0")

@@ -1,11 +1,11 @@
-"""``bench.speed.run``: which paths it times, and how rounds and ratios combine (timings scripted)."""
+"""``vaebench.studies.speed.run``: which paths it times, and how rounds and ratios combine (timings scripted)."""
 import itertools
 
 import pandas as pd
 import pytest
 import torch
 
-from bench import speed
+from vaebench.studies import speed
 
 K = 100  # the smallest k the authors' chunking allows: every path runs in well under a second
 

@@ -1,4 +1,4 @@
-"""The tile sweep (bench.tiles): every configuration gives the float64 answer to within a float32
+"""The tile sweep (vaebench.studies.tiles): every configuration gives the float64 answer to within a float32
 rounding-error bound, on shapes that span several tiles of every size and that no tile divides (so
 every mask and every loop-carried sum runs).
 
@@ -19,7 +19,8 @@ import pytest
 import torch
 from torch.nn import functional as F
 
-from bench import kernels, tiles
+from vaebench.core import kernels
+from vaebench.studies import tiles
 
 pytestmark = pytest.mark.skipif(kernels.triton_problem() is not None, reason=str(kernels.triton_problem()))
 SMALL = tiles.SHAPES["small"]

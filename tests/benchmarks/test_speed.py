@@ -1,11 +1,11 @@
 """Timings of the K = 5000 evaluation with pytest-benchmark; each test also checks what it timed.
 
 Timed: the log-weight step (``log_weights``, one chunk of samples), ``iwae_bound`` at k = 5000, and
-the whole protocol (``bench.protocol.evaluate``, ELBO surgery included) on a few images. The model
+the whole protocol (``vaebench.protocol.evaluate.evaluate``, ELBO surgery included) on a few images. The model
 is the VampPrior paper's MNIST shape (gated dense 2x300, z = 40, 500 pseudo-inputs) with random
 weights, in eval mode under ``torch.no_grad``; the data are random binary images, so no dataset
 files are needed. ``extra_info`` records the device, k, the number of images and the
-matrix-multiply FLOPs (``bench.speed.flops_per_sample``).
+matrix-multiply FLOPs (``vaebench.studies.speed.flops_per_sample``).
 
 Rounds: with ``--benchmark-only`` or ``--benchmark-enable`` (``tox -e benchmark``) every function
 runs ``ROUNDS`` timed rounds after one warm-up round. In any other run, such as the plain
@@ -18,12 +18,12 @@ import math
 import pytest
 import torch
 
-from bench.data import Dataset
-from bench.estimators import iwae_bound, log_weights
-from bench.kernels import interpreted, triton_problem
-from bench.protocol import evaluate
-from bench.speed import VAMP_MNIST, flops_per_sample
-from models.vae import VAE
+from vaebench.protocol.datasets import Dataset
+from vaebench.core.estimators import iwae_bound, log_weights
+from vaebench.core.kernels import interpreted, triton_problem
+from vaebench.protocol.evaluate import evaluate
+from vaebench.studies.speed import VAMP_MNIST, flops_per_sample
+from vaebench.families.vae import VAE
 
 DEVICE = torch.device("cuda" if torch.cuda.is_available() else "cpu")
 ROUNDS = 5

@@ -1,0 +1,178 @@
+"""One- and two-level VAEs with Bernoulli decoders, implementing the ``vaebench.core.interface`` methods."""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import torch
+from torch import nn
+from torch.distributions import Bernoulli, Distribution, Independent, Normal
+
+from vaebench.families.networks import GaussianHead, mlp
+from vaebench.families.priors import make_prior
+
+
+@dataclass
+class ModelConfig:
+    """Everything needed to rebuild a model; stored next to its weights."""
+
+    x_dim: int = 784
+    z_dim: int = 40
+    hidden: int = 300
+    depth: int = 2
+    net: str = "gated"  # gated (VampPrior paper) or tanh (IWAE paper)
+    prior: str = "standard"  # standard, mog, vamp, vamp-data
+    n_components: int = 500
+    levels: int = 1  # 1: VAE; 2: the VampPrior paper's two-level HVAE (z1 and z2 both z_dim)
+    logvar_limits: tuple[float, float] = field(default=(-6.0, 2.0))
+
+
+class BernoulliDecoder(nn.Module):
+    """Logits W h(z) + b of p(x|z): an MLP trunk h, then one linear output layer."""
+
+    def __init__(self, n_in: int, hidden: int, depth: int, net: str, x_dim: int):
+        super().__init__()
+        self.trunk = mlp(n_in, hidden, depth, net)
+        self.out = nn.Linear(hidden, x_dim)
+
+
+class BernoulliHeadMixin:
+    """p(x|z) = Bernoulli(logits = head(features(z))): exposes the split for the fused kernel, and the
+    prior's pseudo-inputs (a VampPrior's; None for the others) for the report."""
+
+    @property
+    def pseudo_inputs(self) -> torch.Tensor | None:
+        return getattr(self.prior_net, "pseudo_inputs", None)
+
+    def likelihood(self, z: torch.Tensor) -> Distribution:
+        return Independent(Bernoulli(logits=self.likelihood_head(self.likelihood_features(z))), 1)
+
+
+class VAE(BernoulliHeadMixin, nn.Module):
+    """q(z|x) = N(mu(x), diag sigma(x)^2); p(z) standard, MoG or VampPrior; p(x|z) Bernoulli."""
+
+    def __init__(self, config: ModelConfig, data: torch.Tensor | None = None):
+        super().__init__()
+        c = self.config = config
+        self.encoder = nn.Sequential(mlp(c.x_dim, c.hidden, c.depth, c.net), GaussianHead(c.hidden, c.z_dim, *c.logvar_limits))
+        self.decoder = BernoulliDecoder(c.z_dim, c.hidden, c.depth, c.net, c.x_dim)
+        self.prior_net = make_prior(c.prior, c.z_dim, c.x_dim, c.n_components, data)
+
+    def posterior(self, x: torch.Tensor) -> Distribution:
+        loc, scale = self.encoder(x)
+        return Independent(Normal(loc, scale), 1)
+
+    def prior(self) -> Distribution:
+        return self.prior_net(self.encoder)
+
+    def likelihood_features(self, z: torch.Tensor) -> torch.Tensor:
+        return self.decoder.trunk(z)
+
+    @property
+    def likelihood_head(self) -> nn.Linear:
+        return self.decoder.out
+
+
+class HierarchicalPosterior(Distribution):
+    """q(z1, z2 | x) = q(z2|x) q(z1|x, z2) over z = [z1, z2]; batch shape [B], event shape [2d].
+
+    ``mean`` is (E[z1 | x, z2 = E[z2|x]], E[z2|x]): the plug-in mean of z1 given z2's mean.
+    """
+
+    has_rsample = True
+
+    def __init__(self, model: "HVAE", x: torch.Tensor):
+        self.model, self.x_features = model, model.q1_x(x)
+        self.top = model.posterior_top(x)
+        d = self.top.event_shape[0]
+        self.noise_dim = 2 * d
+        super().__init__(batch_shape=x.shape[:1], event_shape=torch.Size([2 * d]), validate_args=False)
+
+    def _bottom(self, z2: torch.Tensor) -> Distribution:
+        features = self.x_features.expand(*z2.shape[:-1], -1)
+        loc, scale = self.model.q1_head(self.model.q1_joint(torch.cat([features, self.model.q1_z(z2)], -1)))
+        return Independent(Normal(loc, scale), 1)
+
+    def rsample_from_noise(self, eps: torch.Tensor) -> torch.Tensor:
+        d = eps.shape[-1] // 2
+        top = self.top.base_dist
+        z2 = top.loc + top.scale * eps[..., d:]
+        bottom = self._bottom(z2).base_dist
+        return torch.cat([bottom.loc + bottom.scale * eps[..., :d], z2], -1)
+
+    def rsample(self, sample_shape: torch.Size = torch.Size()) -> torch.Tensor:
+        shape = torch.Size(sample_shape) + self.batch_shape + (self.noise_dim,)
+        return self.rsample_from_noise(torch.randn(shape, device=self.x_features.device))
+
+    def log_prob(self, z: torch.Tensor) -> torch.Tensor:
+        z1, z2 = z.chunk(2, dim=-1)
+        return self.top.log_prob(z2) + self._bottom(z2).log_prob(z1)
+
+    @property
+    def mean(self) -> torch.Tensor:
+        z2 = self.top.mean
+        return torch.cat([self._bottom(z2).mean, z2], -1)
+
+
+class HierarchicalPrior(Distribution):
+    """p(z1, z2) = p(z2) p(z1|z2) over z = [z1, z2]; event shape [2d]; p(z2) any of the three priors."""
+
+    def __init__(self, model: "HVAE", top: Distribution):
+        self.model, self.top = model, top
+        super().__init__(batch_shape=torch.Size(), event_shape=torch.Size([2 * top.event_shape[0]]), validate_args=False)
+
+    def _bottom(self, z2: torch.Tensor) -> Distribution:
+        loc, scale = self.model.p1(z2)
+        return Independent(Normal(loc, scale), 1)
+
+    def log_prob(self, z: torch.Tensor) -> torch.Tensor:
+        z1, z2 = z.chunk(2, dim=-1)
+        return self.top.log_prob(z2) + self._bottom(z2).log_prob(z1)
+
+    def sample(self, sample_shape: torch.Size = torch.Size()) -> torch.Tensor:
+        with torch.no_grad():
+            z2 = self.top.sample(sample_shape)
+            return torch.cat([self._bottom(z2).sample(), z2], -1)
+
+
+class HVAE(BernoulliHeadMixin, nn.Module):
+    """The VampPrior paper's two-level VAE: q(z2|x) q(z1|x,z2), p(z2) p(z1|z2) p(x|z1,z2).
+
+    Latent z = [z1, z2] (``latent_layers`` = [d, d]); p(z2) is standard, MoG or VampPrior, the
+    VampPrior's pseudo-inputs going through q(z2|x).
+    """
+
+    def __init__(self, config: ModelConfig, data: torch.Tensor | None = None):
+        super().__init__()
+        c = self.config = config
+        d, h = c.z_dim, c.hidden
+        self.latent_layers = [d, d]
+        self.encoder = nn.Sequential(mlp(c.x_dim, h, c.depth, c.net), GaussianHead(h, d, *c.logvar_limits))
+        self.q1_x, self.q1_z, self.q1_joint = mlp(c.x_dim, h, 1, c.net), mlp(d, h, 1, c.net), mlp(2 * h, h, 1, c.net)
+        self.q1_head = GaussianHead(h, d, *c.logvar_limits)
+        self.p1 = nn.Sequential(mlp(d, h, c.depth, c.net), GaussianHead(h, d, *c.logvar_limits))
+        self.p_z1, self.p_z2, self.p_joint = mlp(d, h, 1, c.net), mlp(d, h, 1, c.net), mlp(2 * h, h, 1, c.net)
+        self.p_out = nn.Linear(h, c.x_dim)
+        self.prior_net = make_prior(c.prior, d, c.x_dim, c.n_components, data)
+
+    def posterior_top(self, x: torch.Tensor) -> Distribution:
+        loc, scale = self.encoder(x)
+        return Independent(Normal(loc, scale), 1)
+
+    def posterior(self, x: torch.Tensor) -> Distribution:
+        return HierarchicalPosterior(self, x)
+
+    def prior(self) -> Distribution:
+        return HierarchicalPrior(self, self.prior_net(self.encoder))
+
+    def likelihood_features(self, z: torch.Tensor) -> torch.Tensor:
+        z1, z2 = z.chunk(2, dim=-1)
+        return self.p_joint(torch.cat([self.p_z1(z1), self.p_z2(z2)], -1))
+
+    @property
+    def likelihood_head(self) -> nn.Linear:
+        return self.p_out
+
+
+def build_model(config: ModelConfig, data: torch.Tensor | None = None) -> nn.Module:
+    """A VAE (``levels=1``) or HVAE (``levels=2``) from its config."""
+    return (VAE if config.levels == 1 else HVAE)(config, data)

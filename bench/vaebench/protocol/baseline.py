@@ -1,0 +1,120 @@
+"""The regression check: quick-protocol numbers against a committed baseline file.
+
+A metric passes when it moved by at most ``Z_CHECK`` x sqrt(se_baseline^2 + se_now^2), with the Monte
+Carlo standard errors of both estimates (the spread a re-seeded run would show). It fails when it moved
+more, when the checkpoint differs from the baseline's, when a baseline row has no current value, or when
+the baseline holds a non-finite number.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from pathlib import Path
+
+import pandas as pd
+
+from vaebench.protocol.files import atomic_write_text
+from vaebench.protocol.record import Record
+
+Z_CHECK = 4.0
+COLUMNS = ("model", "metric", "value", "se", "k", "n_test", "checkpoint_sha256")
+CHECKED = {"log_likelihood": "log_likelihood_mc_se", "L_1": "L_1_mc_se", "mutual_info": "mutual_info_se",
+           "marginal_kl": "marginal_kl_se"}
+
+
+class BaselineError(ValueError):
+    """A baseline file is missing, unreadable or damaged; the message names it and the fix."""
+
+
+@dataclass(frozen=True)
+class Comparison:
+    """One (model, metric) of the check."""
+
+    model: str
+    metric: str
+    baseline: float
+    now: float
+    tolerance: float
+    ok: bool
+    note: str = ""
+
+
+def baseline_rows(records: list[Record]) -> pd.DataFrame:
+    """The baseline rows of ``records``: each checked metric with its Monte Carlo standard error."""
+    rows = []
+    for record in records:
+        flat = record.to_flat()
+        rows += [{"model": record.model, "metric": m, "value": flat[m], "se": flat[se], "k": record.k,
+                  "n_test": record.n_test, "checkpoint_sha256": record.checkpoint_sha256}
+                 for m, se in CHECKED.items() if m in flat]
+    return pd.DataFrame(rows, columns=list(COLUMNS))
+
+
+def write_baseline(path: Path, records: list[Record]) -> int:
+    """Write (or update) the baseline with ``records``' rows, keeping other models' rows; the row count."""
+    rows = baseline_rows(records)
+    if path.is_file():
+        kept = read_baseline(path)
+        rows = pd.concat([kept[~kept.model.isin(rows.model)], rows]).sort_values(["model", "metric"], kind="stable")
+    atomic_write_text(path, rows.to_csv(index=False, float_format="%.6f"))
+    return len(rows)
+
+
+def read_baseline(path: Path) -> pd.DataFrame:
+    """A baseline file, checked: its columns, at least one row, finite values and standard errors."""
+    fix = "restore it with git, or make it again with `vaebench check --update`"
+    if not path.is_file():
+        raise BaselineError(f"no baseline at {path}: create it with `vaebench check --update`")
+    try:
+        frame = pd.read_csv(path)
+    except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError, OSError) as err:
+        raise BaselineError(f"{path} is not a readable baseline CSV ({type(err).__name__}); {fix}") from None
+    missing = [c for c in COLUMNS if c not in frame.columns]
+    if missing:
+        raise BaselineError(f"{path} lacks the columns {', '.join(missing)}; {fix}")
+    if frame.empty:
+        raise BaselineError(f"{path} has no rows; {fix}")
+    numbers = frame[["value", "se", "k", "n_test"]].apply(pd.to_numeric, errors="coerce")
+    bad = frame[~numbers.map(math.isfinite).all(axis=1) | (numbers["se"] < 0)]
+    if len(bad):
+        row = bad.iloc[0]
+        raise BaselineError(f"{path}: {row.model} {row.metric} has a value or standard error that is not a finite "
+                            f"number ({row.value}, {row.se}); {fix}")
+    frame[["value", "se"]] = numbers[["value", "se"]]
+    frame[["k", "n_test"]] = numbers[["k", "n_test"]].astype(int)
+    return frame
+
+
+def baseline_settings(baseline: pd.DataFrame, path: Path) -> tuple[int, int]:
+    """The (k, n_test) the baseline was made with (one pair for the whole file)."""
+    settings = baseline[["k", "n_test"]].drop_duplicates()
+    if len(settings) != 1:
+        raise BaselineError(f"{path} mixes settings {settings.values.tolist()} (k, n_test); make it again with "
+                            "`vaebench check --update`")
+    return int(settings.iloc[0].k), int(settings.iloc[0].n_test)
+
+
+def compare(records: list[Record], baseline: pd.DataFrame, names: list[str] | None = None) -> list[Comparison]:
+    """Every baseline row of the evaluated models (all of its models when ``names`` is None) against the
+    current records; rows with no current value fail, metrics new since the baseline are listed as new."""
+    now = {r.model: (r, r.to_flat()) for r in records}
+    rows = []
+    wanted = baseline if names is None else baseline[baseline.model.isin(names)]
+    for b in wanted.itertuples():
+        if b.model not in now or b.metric not in now[b.model][1]:
+            rows.append(Comparison(b.model, b.metric, b.value, math.nan, math.nan, False,
+                                   "no current value (model not evaluated, checkpoint gone, or metric missing)"))
+            continue
+        record, flat = now[b.model]
+        tolerance = Z_CHECK * math.hypot(b.se, flat[CHECKED[b.metric]])
+        same = b.checkpoint_sha256 == record.checkpoint_sha256
+        diff = flat[b.metric] - b.value
+        note = "" if same else "checkpoint changed: run `check --update` and commit"
+        rows.append(Comparison(b.model, b.metric, b.value, flat[b.metric], tolerance,
+                               bool(same and abs(diff) <= tolerance), note))
+    known = set(zip(baseline.model, baseline.metric))
+    for model, (_, flat) in now.items():
+        rows += [Comparison(model, m, math.nan, flat[m], math.nan, True, "new: not in the baseline yet")
+                 for m in CHECKED if m in flat and (model, m) not in known]
+    return rows

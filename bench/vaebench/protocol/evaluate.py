@@ -1,0 +1,172 @@
+"""The common evaluation protocol: one record of every number, for any model with the interface.
+
+Test log-likelihood is L_5000 (Burda et al. 2015), averaged over the test points; its ``_se`` is
+the standard error of that mean over test points. L_k for smaller k come from the same samples
+(averages over disjoint groups, see ``vaebench.core.estimators.iwae_bounds``). Active units use the whole
+evaluated test set (population variance, strict ``>`` threshold). ELBO surgery uses the whole
+training split for the aggregate posterior.
+"""
+from __future__ import annotations
+
+import hashlib
+import math
+import pickle
+import time
+import warnings
+from pathlib import Path
+
+import torch
+from tqdm import tqdm
+
+from vaebench.core.estimators import elbo, iwae_bounds
+from vaebench.core.metrics import NotGaussianPosterior, active_units, elbo_surgery
+from vaebench.protocol.datasets import Dataset, check_binary
+from vaebench.protocol.files import atomic_path
+from vaebench.protocol.record import Record, SurgeryTerms
+from vaebench.protocol.settings import PROTOCOL_VERSION, Settings
+
+
+def _load_progress(path: Path | None, key: str) -> dict:
+    """The finished batches stored under ``key``; none if the file is missing, from another run, or
+    unreadable (an unreadable file is removed with a warning: its batches are evaluated again)."""
+    if path is None or not path.is_file():
+        return {}
+    try:
+        saved = torch.load(path, weights_only=True)
+    except (RuntimeError, EOFError, OSError, pickle.UnpicklingError) as err:
+        warnings.warn(f"progress file {path} is unreadable ({type(err).__name__}); starting this evaluation "
+                      "again from its first batch", stacklevel=2)
+        path.unlink(missing_ok=True)
+        return {}
+    return saved["done"] if isinstance(saved, dict) and saved.get("key") == key else {}
+
+
+def _save_progress(path: Path | None, key: str, done: dict) -> None:
+    if path is None:
+        return
+    with atomic_path(path) as tmp:
+        torch.save({"key": key, "done": done}, tmp)
+
+
+def per_example_bounds(model, x: torch.Tensor, ks: tuple[int, ...], seed: int, batch_size: int = 100,
+                       chunk_size: int | None = None, name: str = "model", progress_path: Path | None = None,
+                       backend: str = "torch", ids: torch.Tensor | None = None,
+                       fingerprint: str = "") -> tuple[torch.Tensor, torch.Tensor]:
+    """Bounds and their Monte Carlo variances, each [len(ks), N], for every row of x in batches of
+    ``batch_size`` (see ``iwae_bounds``); ``ids`` [N] name the rows' noise streams (their test
+    indices; default 0..N-1). With ``progress_path`` each finished batch is stored and a
+    later call with the same arguments resumes where it stopped, giving the same numbers (the progress key
+    holds a hash of x and ``fingerprint``, which the caller sets to what else fixes the numbers: the
+    checkpoint and the code); the caller
+    removes the file (:func:`rank_progress_path`) once the results it feeds are stored.
+
+    Under ``torch.distributed`` (e.g. launched by ``torchrun``) rank r takes batches r, r + W, ...
+    and every rank receives all results: the same batches with the same per-example seeds, hence
+    exactly the numbers of a single process."""
+    rank, world = distributed_rank_world()
+    ids = torch.arange(len(x)) if ids is None else ids
+    content = hashlib.sha256(x.detach().cpu().numpy().tobytes() + ids.numpy().tobytes()).hexdigest()
+    key = f"{name}|{ks}|{seed}|{len(x)}|{batch_size}|{rank}/{world}|{backend}|{x.device.type}|{content}|{fingerprint}"
+    progress_path = rank_progress_path(progress_path)
+    done = _load_progress(progress_path, key)
+    mine = range(rank * batch_size, len(x), world * batch_size)
+    with torch.no_grad():
+        prior = model.prior()
+    for start in tqdm(mine, desc=f"{name} L_{max(ks)}", unit="batch", disable=None if rank == 0 else True):
+        if start in done:
+            continue
+        xb = x[start:start + batch_size]
+        index = ids[start:start + len(xb)]
+        bounds, var = iwae_bounds(model, xb, ks, chunk_size, seed=seed, index=index, name=name, with_variance=True,
+                                  backend=backend, prior=prior)
+        done[start] = torch.stack([bounds.double().cpu(), var.cpu()])
+        _save_progress(progress_path, key, done)
+    if world > 1:
+        gathered = [None] * world
+        torch.distributed.all_gather_object(gathered, done)
+        done = {start: part for shard in gathered for start, part in shard.items()}
+    both = torch.cat([done[s] for s in sorted(done)], dim=2)
+    return both[0], both[1]
+
+
+def rank_progress_path(path: Path | None) -> Path | None:
+    """This process's progress file: ``path`` itself, or one per rank under ``torch.distributed``."""
+    rank, world = distributed_rank_world()
+    if path is None or world == 1:
+        return path
+    return path.with_name(f"{path.stem}.rank{rank}of{world}.pt")
+
+
+def distributed_rank_world() -> tuple[int, int]:
+    """(rank, world size) of the initialised ``torch.distributed`` group, else (0, 1)."""
+    if torch.distributed.is_available() and torch.distributed.is_initialized():
+        return torch.distributed.get_rank(), torch.distributed.get_world_size()
+    return 0, 1
+
+
+def test_subset(n_total: int, n_test: int) -> torch.Tensor:
+    """The test indices evaluated: all of them, or a fixed random subset (seed 0, sorted). Never a
+    prefix: the static binarized MNIST test file is ordered by digit (images 1000-1999 are mostly
+    ones, pixel mean 0.076 against 0.13), so its first points are not a fair sample."""
+    if n_test == n_total:
+        return torch.arange(n_total)
+    return torch.randperm(n_total, generator=torch.Generator().manual_seed(0))[:n_test].sort().values
+
+
+def _mean_se(values: torch.Tensor) -> tuple[float, float]:
+    v = values.double()
+    return float(v.mean()), float(v.std() / math.sqrt(len(v))) if len(v) > 1 else float("nan")
+
+
+def evaluate(model, dataset: Dataset, settings: Settings = Settings(), *, device: str | torch.device = "cpu",
+             surgery: bool = True, name: str = "model", progress_path: Path | None = None,
+             fingerprint: str = "") -> tuple[Record, dict[str, torch.Tensor]]:
+    """Run the protocol on ``model`` (any object with the interface); returns (record, per-example values).
+
+    L_k for every k of ``settings.ladder`` from one set of K seeded samples per test point, the ELBO
+    (one seeded draw per point, analytic KL where it exists), active units over the evaluated points and,
+    with ``surgery``, the ELBO-surgery terms over the training split. Per-example: ``test_index``, ``L_K``
+    and ``elbo`` [n_test]. With ``settings.n_test`` below the test-set size the points are a fixed random
+    subset (:func:`test_subset`). The same call gives the same numbers whatever the batch and chunk sizes.
+    """
+    n_total = len(dataset.test)
+    n_test = n_total if settings.n_test is None else settings.n_test
+    if n_test > n_total:
+        raise ValueError(f"n_test={n_test}: the {dataset.name} test set has {n_total} points; choose 1..{n_total}")
+    started = time.perf_counter()
+    device = torch.device(device)
+    model = model.to(device) if hasattr(model, "to") else model
+    ids = test_subset(n_total, n_test)
+    x = dataset.test[ids].to(device)
+    check_binary(x, f"{dataset.name} test split")
+    ks, k, seed, batch_size = settings.ladder, settings.k, settings.seed, settings.batch_size
+    bounds, mc_var = per_example_bounds(model, x, ks, seed, batch_size, settings.chunk_size, name, progress_path,
+                                        settings.backend, ids, fingerprint)
+    with torch.no_grad():
+        elbos = torch.cat([elbo(model, x[i:i + batch_size], seed=seed, index=ids[i:i + batch_size])
+                           for i in range(0, n_test, batch_size)]).cpu()
+    ll, ll_se = _mean_se(bounds[-1])
+    el, el_se = _mean_se(elbos)
+    count, _ = active_units(model, x)
+    terms, note = None, ""
+    if surgery:
+        try:
+            terms = SurgeryTerms(**elbo_surgery(model, dataset.train.to(device), n_samples=settings.surgery_samples,
+                                                seed=seed))
+        except NotGaussianPosterior as err:
+            note = str(err).split(";")[0]
+    record = Record(
+        model=name, dataset=dataset.name, n_test=n_test, k=k, seed=seed,
+        log_likelihood=ll, log_likelihood_se=ll_se, elbo=el, elbo_se=el_se,
+        elbo_gap=ll - el, elbo_gap_se=_mean_se(bounds[-1] - elbos)[1],
+        log_likelihood_mc_se=float(mc_var[-1].sum().sqrt() / n_test),
+        bounds={m: float(bounds[i].mean()) for i, m in enumerate(ks)},
+        bounds_mc_se={m: float(mc_var[i].sum().sqrt() / n_test) for i, m in enumerate(ks)},
+        active_units=count if isinstance(count, int) else "+".join(map(str, count)),
+        active_units_total=count if isinstance(count, int) else sum(count),
+        active_units_set="test" if n_test == n_total else f"test subset ({n_test} of {n_total})",
+        surgery=terms, surgery_note=note, device=str(device), backend=settings.backend,
+        torch=str(torch.__version__), protocol_version=PROTOCOL_VERSION,
+        wall_time_s=time.perf_counter() - started,
+    )
+    return record, {"test_index": ids, f"L_{k}": bounds[-1], "elbo": elbos}

@@ -1,0 +1,361 @@
+"""The registry: trained models by name, each declared by an ``entry.toml`` file beside its checkpoint.
+
+A registry folder holds one folder per model::
+
+    NAME/entry.toml        name, dataset, [model], [train], [[published]] (see README, "Evaluate your own model")
+    NAME/checkpoint.pt     the weights: {"model": state_dict, "meta": {...}} or a bare state_dict
+    NAME/checkpoint.json   training history (written by ``train``)
+
+The built-in registry is the project's ``models/`` folder (shipped inside the installed package);
+outside folders join with ``--registry DIR`` (repeatable) or ``$VAEBENCH_REGISTRY`` (``os.pathsep``
+separated). An entry's ``[model]`` is either a built-in family (``family = "vae"`` with the
+:class:`~vaebench.families.vae.ModelConfig` settings) or ``factory = "package.module:function"`` /
+``"path/to/file.py:function"`` (relative to the entry file): a function returning any object with the
+model interface (:mod:`vaebench.core.interface`), called with the other ``[model]`` keys. Importing a
+factory runs its code by design; checkpoints load without executing code.
+"""
+
+from __future__ import annotations
+
+import difflib
+import hashlib
+import importlib
+import importlib.util
+import os
+import sys
+import tomllib
+from collections.abc import Callable, Iterable
+from dataclasses import asdict, dataclass, field, fields
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from vaebench.core.interface import missing_methods
+from vaebench.families.vae import ModelConfig, build_model
+from vaebench.protocol.checkpoint import CheckpointError, load_state
+from vaebench.protocol.datasets import DATASETS, Dataset, load_dataset
+from vaebench.protocol.train import TrainConfig
+
+PACKAGE = Path(__file__).resolve().parent.parent
+ENTRY_FILE = "entry.toml"
+SECTIONS = ("vampprior", "iwae", "surgery", "tiny", "")  # report sections an entry may ask for; "" = leaderboard only
+
+
+def builtin_registry() -> Path:
+    """The built-in registry: ``models/`` of the checkout, or its copy inside an installed package."""
+    checkout = PACKAGE.parent.parent / "models"
+    return checkout if checkout.is_dir() else PACKAGE / "_models"
+
+
+class RegistryError(ValueError):
+    """An entry file, factory or model definition is unusable; the message names the file and the fix."""
+
+
+class UnknownModelError(KeyError):
+    """A model name that is not in the registry; the message suggests the closest names."""
+
+    def __str__(self) -> str:
+        return str(self.args[0])
+
+
+@dataclass(frozen=True)
+class Published:
+    """A published number: test log-likelihood (nats, negative) unless ``metric`` says otherwise."""
+
+    paper: str
+    table: str
+    value: float
+    metric: str = "log_likelihood"
+    note: str = ""
+
+
+@dataclass(frozen=True)
+class Entry:
+    """One registered model: what rebuilds it (a built-in ``model`` or a ``factory`` with ``settings``),
+    its data, training settings, checkpoint and published numbers. ``source`` is the entry file."""
+
+    name: str
+    dataset: str
+    source: Path
+    checkpoint: Path
+    model: ModelConfig | None = None
+    factory: str | None = None
+    settings: dict[str, Any] = field(default_factory=dict)
+    train: TrainConfig | None = None
+    n_valid: int | None = None
+    section: str = ""
+    published: tuple[Published, ...] = ()
+
+    @property
+    def history(self) -> Path:
+        return self.checkpoint.with_suffix(".json")
+
+    @property
+    def state(self) -> Path:
+        return self.checkpoint.with_name("state.pt")
+
+    @property
+    def trained(self) -> bool:
+        return self.checkpoint.is_file()
+
+    @property
+    def latent_dim(self) -> int | None:
+        return self.model.z_dim * self.model.levels if self.model is not None else None
+
+    def load_data(self, root: str | os.PathLike | None = None) -> Dataset:
+        return load_dataset(self.dataset, root, n_valid=self.n_valid)
+
+    def describe(self) -> dict[str, Any]:
+        """The model definition as plain values: the built-in config or the factory and its settings."""
+        if self.model is not None:
+            return asdict(self.model)
+        return {"factory": self.factory, **self.settings}
+
+
+def _fail(path: Path, message: str, key: str | None = None) -> RegistryError:
+    """An error naming ``path`` and, where ``key`` appears in the file, its line."""
+    line = ""
+    if key is not None and path.is_file():
+        for number, text in enumerate(path.read_text(errors="replace").splitlines(), start=1):
+            if text.split("=")[0].strip() == key:
+                line = f", line {number}"
+                break
+    return RegistryError(f"{path}{line}: {message}")
+
+
+def _typed(path: Path, table: dict[str, Any], cls: type, what: str) -> Any:
+    """A dataclass ``cls`` from a TOML table, with unknown keys and wrong types named."""
+    known = {f.name: f for f in fields(cls)}
+    for key, value in table.items():
+        if key not in known:
+            raise _fail(path, f"unknown key {key!r} in [{what}]; known: {', '.join(known)}", key)
+        default = getattr(cls(), key)
+        ok = isinstance(value, type(default)) or (isinstance(default, float) and isinstance(value, int))
+        if isinstance(default, tuple):
+            ok = isinstance(value, list) and len(value) == len(default)
+            value = tuple(float(v) for v in value) if ok else value
+        if not ok or isinstance(value, bool) != isinstance(default, bool):
+            raise _fail(path, f"[{what}] {key} = {value!r} should be a {type(default).__name__}", key)
+        table = {**table, key: float(value) if isinstance(default, float) else value}
+    return cls(**table)
+
+
+def read_entry(path: Path) -> Entry:
+    """Parse and check one entry file; a :class:`RegistryError` naming the file and line otherwise."""
+    try:
+        spec = tomllib.loads(path.read_text())
+    except tomllib.TOMLDecodeError as err:
+        raise RegistryError(f"{path}: not valid TOML ({err})") from None
+    except (OSError, UnicodeDecodeError) as err:
+        raise RegistryError(f"{path}: cannot be read ({err})") from None
+    allowed = {"name", "dataset", "n_valid", "section", "checkpoint", "model", "train", "published"}
+    for key in spec:
+        if key not in allowed:
+            raise _fail(path, f"unknown key {key!r}; an entry has {', '.join(sorted(allowed))}", key)
+    for key in ("name", "dataset", "model"):
+        if key not in spec:
+            raise _fail(path, f"missing {key!r}")
+    name, dataset = spec["name"], spec["dataset"]
+    if not isinstance(name, str) or not name or any(c in name for c in "/\\ ") or name.startswith("."):
+        raise _fail(path, f"name = {name!r}: use a non-empty name without spaces or slashes", "name")
+    if dataset not in DATASETS:
+        raise _fail(path, f"unknown dataset {dataset!r}; known: {', '.join(DATASETS)}", "dataset")
+    n_valid = spec.get("n_valid")
+    if n_valid is not None and (not isinstance(n_valid, int) or isinstance(n_valid, bool) or n_valid < 1):
+        raise _fail(path, f"n_valid = {n_valid!r}: a positive whole number", "n_valid")
+    section = spec.get("section", "")
+    if section not in SECTIONS:
+        raise _fail(path, f"section = {section!r}; use one of {', '.join(repr(s) for s in SECTIONS)}", "section")
+    model_table = dict(spec["model"]) if isinstance(spec["model"], dict) else None
+    if model_table is None:
+        raise _fail(path, "[model] must be a table", "model")
+    checkpoint = path.parent / str(spec.get("checkpoint", "checkpoint.pt"))
+    published = []
+    for item in spec.get("published", []):
+        try:
+            published.append(Published(**item))
+        except TypeError as err:
+            raise _fail(path, f"[[published]] {err}; it takes paper, table, value, metric, note") from None
+    train = _typed(path, spec["train"], TrainConfig, "train") if "train" in spec else None
+    common = dict(name=name, dataset=dataset, source=path, checkpoint=checkpoint, train=train, n_valid=n_valid,
+                  section=section, published=tuple(published))
+    if "factory" in model_table:
+        factory = model_table.pop("factory")
+        if not isinstance(factory, str) or ":" not in factory:
+            raise _fail(path, f"factory = {factory!r}: write 'package.module:function' or 'file.py:function'",
+                        "factory")
+        return Entry(factory=factory, settings=model_table, **common)
+    family = model_table.pop("family", None)
+    if family != "vae":
+        raise _fail(path, f"[model] needs family = \"vae\" (the built-in VAE/HVAE) or factory = "
+                          f"\"module:function\"; got family = {family!r}", "family")
+    return Entry(model=_typed(path, model_table, ModelConfig, "model"), **common)
+
+
+def registry_dirs(extra: Iterable[str | os.PathLike] = ()) -> list[Path]:
+    """The built-in registry, then ``$VAEBENCH_REGISTRY``'s folders, then ``extra`` (``--registry``)."""
+    env = [p for p in os.environ.get("VAEBENCH_REGISTRY", "").split(os.pathsep) if p]
+    return [builtin_registry(), *map(Path, env), *map(Path, extra)]
+
+
+def load_registry(dirs: Iterable[str | os.PathLike] | None = None) -> dict[str, Entry]:
+    """Every entry of ``dirs`` (default :func:`registry_dirs`) by name. A folder may also be a single
+    model's folder (holding ``entry.toml`` itself). Two entries with one name: an error naming both."""
+    entries: dict[str, Entry] = {}
+    for folder in map(Path, registry_dirs() if dirs is None else dirs):
+        if not folder.is_dir():
+            raise RegistryError(f"registry folder {folder} does not exist (from --registry or VAEBENCH_REGISTRY)")
+        files = [folder / ENTRY_FILE] if (folder / ENTRY_FILE).is_file() else sorted(folder.glob(f"*/{ENTRY_FILE}"))
+        for path in files:
+            if path.parent.name.startswith("."):
+                continue
+            entry = read_entry(path)
+            if entry.name in entries:
+                raise RegistryError(f"two entries are named {entry.name!r}: {entries[entry.name].source} and "
+                                    f"{path}; rename one")
+            entries[entry.name] = entry
+    return entries
+
+
+def get(registry: dict[str, Entry], name: str) -> Entry:
+    """The entry called ``name``; an :class:`UnknownModelError` that suggests the closest names otherwise."""
+    if name in registry:
+        return registry[name]
+    close = difflib.get_close_matches(name, registry, n=3, cutoff=0.5)
+    hint = f"; did you mean {', '.join(close)}?" if close else "; `vaebench list` shows them"
+    raise UnknownModelError(f"unknown model {name!r}{hint} (outside entries join with --registry DIR; a one-off "
+                            "model with --model FILE.py:FUNCTION --checkpoint FILE --dataset NAME)")
+
+
+def resolve_factory(spec: str, base: Path) -> tuple[Callable[..., Any], Path | None]:
+    """The function named by ``spec`` (``file.py:function``, relative to ``base``, or
+    ``package.module:function``) and its source file; a :class:`RegistryError` otherwise."""
+    target, _, function = spec.rpartition(":")
+    if not target or not function.isidentifier():
+        raise RegistryError(f"factory {spec!r}: write 'package.module:function' or 'path/to/file.py:function'")
+    try:
+        if target.endswith(".py"):
+            file = (base / target).resolve()
+            if not file.is_file():
+                raise RegistryError(f"factory {spec!r}: no file {file}")
+            module_name = f"vaebench_user_{hashlib.sha256(str(file).encode()).hexdigest()[:12]}"
+            module = sys.modules.get(module_name)
+            if module is None:
+                loader_spec = importlib.util.spec_from_file_location(module_name, file)
+                module = importlib.util.module_from_spec(loader_spec)
+                sys.modules[module_name] = module
+                try:
+                    loader_spec.loader.exec_module(module)
+                except BaseException:
+                    del sys.modules[module_name]
+                    raise
+        else:
+            module = importlib.import_module(target)
+            file = Path(module.__file__) if getattr(module, "__file__", None) else None
+    except RegistryError:
+        raise
+    except Exception as err:  # the user's module failed to import: say which and why
+        raise RegistryError(f"factory {spec!r} could not be imported ({type(err).__name__}: {err})") from None
+    fn = getattr(module, function, None)
+    if not callable(fn):
+        raise RegistryError(f"factory {spec!r}: {target} has no function {function!r}")
+    return fn, file
+
+
+def file_hash(path: Path) -> str:
+    """SHA-256 of a file, hex."""
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def model_key(entry: Entry) -> dict[str, str]:
+    """What besides the checkpoint determines a factory model's numbers: the hash of the factory's source
+    file and its settings. Empty for built-in families (their code is versioned with the protocol)."""
+    if entry.factory is None:
+        return {}
+    _, file = resolve_factory(entry.factory, entry.source.parent)
+    digest = hashlib.sha256(repr(sorted(entry.settings.items())).encode())
+    if file is not None and file.is_file():
+        digest.update(file.read_bytes())
+    return {"factory_sha256": digest.hexdigest()}
+
+
+def build(entry: Entry, data: Dataset | None = None) -> Any:
+    """A fresh (untrained) model for ``entry``; ``vamp-data`` priors take pseudo-inputs from ``data``."""
+    if entry.model is not None:
+        return build_model(entry.model, data.train if data is not None else None)
+    fn, _ = resolve_factory(entry.factory, entry.source.parent)
+    try:
+        model = fn(**entry.settings)
+    except Exception as err:
+        raise RegistryError(f"{entry.source}: factory {entry.factory!r} failed with settings {entry.settings} "
+                            f"({type(err).__name__}: {err})") from None
+    missing = missing_methods(model)
+    if missing:
+        raise RegistryError(f"{entry.source}: factory {entry.factory!r} returned a {type(model).__name__} without "
+                            f"{', '.join(missing)}; the model interface needs posterior(x), prior() and "
+                            "likelihood(z) (see vaebench.core.interface)")
+    return model
+
+
+def _state_dict(saved: Any, path: Path) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+    """(weights, meta) from a loaded checkpoint: ``{"model": state_dict, "meta": {...}}`` or a bare state_dict."""
+    if isinstance(saved, dict) and "model" in saved:
+        weights, meta = saved["model"], saved.get("meta", {})
+    else:
+        weights, meta = saved, {}
+    if not isinstance(weights, dict) or not all(isinstance(v, torch.Tensor) for v in weights.values()):
+        raise CheckpointError(f"checkpoint {path} holds no state_dict (a dict of tensors, alone or under 'model'); "
+                              "save one with torch.save({'model': model.state_dict()}, path)")
+    if not isinstance(meta, dict):
+        raise CheckpointError(f"checkpoint {path}: 'meta' is a {type(meta).__name__}, not a dict; re-save it")
+    return weights, meta
+
+
+def check_weights(model: torch.nn.Module, weights: dict[str, torch.Tensor], path: Path) -> None:
+    """Raise :class:`CheckpointError` naming the missing, unexpected and mis-shaped keys and any tensor
+    whose dtype differs from the model's (no silent casts)."""
+    own = model.state_dict()
+    missing = [k for k in own if k not in weights]
+    unexpected = [k for k in weights if k not in own]
+    shapes = [f"{k} {tuple(weights[k].shape)} (model {tuple(v.shape)})" for k, v in own.items()
+              if k in weights and weights[k].shape != v.shape]
+    dtypes = [f"{k} {weights[k].dtype} (model {v.dtype})" for k, v in own.items()
+              if k in weights and weights[k].dtype != v.dtype]
+    problems = [f"{label}: {', '.join(items[:5])}{' ...' if len(items) > 5 else ''}"
+                for label, items in (("missing", missing), ("unexpected", unexpected), ("shape", shapes),
+                                     ("dtype", dtypes)) if items]
+    if problems:
+        raise CheckpointError(f"checkpoint {path} does not fit the model ({'; '.join(problems)})")
+
+
+def load(entry: Entry) -> Any:
+    """The trained model of ``entry`` from its checkpoint, checked against the entry (name, settings,
+    keys, shapes, dtypes, finite values)."""
+    model = build(entry)
+    weights, meta = _state_dict(load_state(entry.checkpoint), entry.checkpoint)
+    fix = f"retrain with `vaebench train {entry.name}` or restore the file with git"
+    if meta.get("name", entry.name) != entry.name:
+        raise CheckpointError(f"checkpoint {entry.checkpoint} holds model {meta['name']!r}, not {entry.name!r}; {fix}")
+    if entry.model is not None and meta.get("model", asdict(entry.model)) != asdict(entry.model):
+        raise CheckpointError(f"checkpoint {entry.checkpoint} was trained with model settings {meta['model']}, but "
+                              f"entry {entry.name!r} ({entry.source}) says {asdict(entry.model)}; {fix}")
+    if isinstance(model, torch.nn.Module):
+        check_weights(model, weights, entry.checkpoint)
+        model.load_state_dict(weights)
+        bad = [k for k, v in model.state_dict().items() if v.is_floating_point() and not v.isfinite().all()]
+        if bad:
+            raise CheckpointError(f"checkpoint {entry.checkpoint} holds NaN or infinite values in "
+                                  f"{', '.join(bad[:3])}; {fix}")
+        return model.eval()
+    if callable(getattr(model, "load_state_dict", None)):
+        model.load_state_dict(weights)
+    return model
+
+
+def data_checksum(data: Dataset) -> str:
+    """SHA-256 over the bytes of the three binary splits (as uint8)."""
+    h = hashlib.sha256()
+    for split in (data.train, data.valid, data.test):
+        h.update(split.to(torch.uint8).numpy().tobytes())
+    return h.hexdigest()

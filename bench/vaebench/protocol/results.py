@@ -1,0 +1,146 @@
+"""Stored evaluation results: one JSON record per model, assembled into ``metrics.csv``.
+
+A record is reused while its key (checkpoint, data, protocol version and settings) is unchanged, so a
+repeated run only evaluates what changed. Every file is written to a temporary name in the same folder
+and renamed (readers skip the temporary names), so an interrupted run leaves the previous results
+intact; ``metrics.csv`` is rebuilt under a lock, so concurrent runs do not drop each other's rows.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import gzip
+import io
+import json
+import os
+from collections.abc import Iterator
+from pathlib import Path
+
+import pandas as pd
+import torch
+
+from vaebench.protocol.files import atomic_path, atomic_write_text, is_temporary
+from vaebench.protocol.record import Record, RecordError
+
+SETTING_KEYS = ("k", "n_test", "seed", "surgery_samples")
+
+
+class ResultsError(RuntimeError):
+    """A stored result file is unreadable or would be overwritten by accident; the message names it."""
+
+
+def check_writable(folder: Path) -> None:
+    """Raise :class:`ResultsError` naming ``folder`` unless files can be created in it."""
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        probe = folder / f".write-test-{os.getpid()}"
+        probe.write_text("")
+        probe.unlink()
+    except OSError as err:
+        raise ResultsError(f"output folder {folder} cannot be written ({err.strerror}); choose another with --out") \
+            from None
+
+
+def record_path(out: Path, name: str) -> Path:
+    return out / "records" / f"{name}.json"
+
+
+def per_example_path(out: Path, name: str) -> Path:
+    return out / "per_example" / f"{name}.csv.gz"
+
+
+def _read(path: Path) -> tuple[dict, Record]:
+    """(key, record) of a stored record file; a :class:`ResultsError` naming it when damaged."""
+    fix = "delete it (or restore it with git) and run `vaebench eval` again"
+    try:
+        stored = json.loads(path.read_text(encoding="utf-8"))
+        if not isinstance(stored, dict) or not isinstance(stored.get("key"), dict):
+            raise RecordError("no 'key' object")
+        return stored["key"], Record.from_flat(stored.get("record"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError, RecordError) as err:
+        raise ResultsError(f"{path} is not a readable record ({type(err).__name__}: {err}); {fix}") from None
+
+
+def load_record(out: Path, name: str, key: dict) -> Record | None:
+    """The stored record of ``name`` if it was made with exactly ``key``, else None."""
+    path = record_path(out, name)
+    if not path.is_file():
+        return None
+    stored_key, record = _read(path)
+    return record if stored_key == key else None
+
+
+def check_replaceable(out: Path, name: str, key: dict) -> None:
+    """Refuse to replace a stored record made with other settings (k, n_test, seed, surgery draws): a quick
+    run must not overwrite a full one by accident."""
+    path = record_path(out, name)
+    if not path.is_file():
+        return
+    stored_key, _ = _read(path)
+    changed = [f"{k}={stored_key.get(k)} (now {key[k]})" for k in SETTING_KEYS if stored_key.get(k) != key[k]]
+    if changed:
+        raise ResultsError(f"{path} holds {name}'s record made with {', '.join(changed)}; write this run elsewhere "
+                           "with --out DIR, or replace it with --force")
+
+
+def _gzip_csv(frame: pd.DataFrame) -> bytes:
+    """The frame as gzipped CSV with a fixed header (no file name, time 0): equal frames, equal bytes."""
+    buffer = io.BytesIO()
+    with gzip.GzipFile(filename="", mode="wb", fileobj=buffer, mtime=0) as gz:
+        gz.write(frame.to_csv(float_format="%.6f").encode())
+    return buffer.getvalue()
+
+
+def save_record(out: Path, name: str, key: dict, record: Record, per_example: dict[str, torch.Tensor]) -> None:
+    """Store a record (JSON) and its per-example values (gzipped CSV), both atomically."""
+    frame = pd.DataFrame({k: v.double().numpy() if v.is_floating_point() else v.numpy()
+                          for k, v in per_example.items()}).set_index("test_index")
+    try:
+        with atomic_path(per_example_path(out, name)) as tmp:
+            tmp.write_bytes(_gzip_csv(frame))
+        atomic_write_text(record_path(out, name), json.dumps({"key": key, "record": record.to_flat()}, indent=1) + "\n")
+    except OSError as err:
+        raise ResultsError(f"could not write {name}'s results under {out} ({err.strerror or err}); the previous "
+                           "files are intact: free space or choose another folder with --out") from None
+
+
+def record_files(out: Path) -> list[Path]:
+    """The stored record files, without temporary files and anything that is not a plain file."""
+    return [p for p in sorted((out / "records").glob("*.json")) if p.is_file() and not is_temporary(p)]
+
+
+def all_records(out: Path) -> list[Record]:
+    """Every stored record, in name order."""
+    return [_read(path)[1] for path in record_files(out)]
+
+
+def records_frame(records: list[Record]) -> pd.DataFrame:
+    """Records as one tidy frame, a row per model (the ``metrics.csv`` columns)."""
+    return pd.DataFrame([r.to_flat() for r in records])
+
+
+@contextlib.contextmanager
+def locked(out: Path) -> Iterator[None]:
+    """Hold ``out/.lock`` exclusively: one process at a time rebuilds the files made from all records."""
+    out.mkdir(parents=True, exist_ok=True)
+    with open(out / ".lock", "a") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
+
+
+def write_metrics_csv(out: Path, records: list[Record] | None = None) -> Path:
+    """``metrics.csv``: one row per model, every protocol number, written atomically; by default from every
+    stored record, read and written under :func:`locked`."""
+    path = out / "metrics.csv"
+    with locked(out):
+        frame = records_frame(all_records(out) if records is None else records)
+        try:
+            atomic_write_text(path, frame.to_csv(index=False, float_format="%.6f"))
+        except OSError as err:
+            raise ResultsError(f"could not write {path} ({err.strerror or err}); the previous file is intact: "
+                               "free space or choose another folder with --out") from None
+    return path
