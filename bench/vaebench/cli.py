@@ -134,11 +134,13 @@ def cmd_report(args: argparse.Namespace) -> int:
 
 
 def cmd_compare(args: argparse.Namespace) -> int:
-    from vaebench.report.compare import compare_models, write_comparison
+    from vaebench.report.compare import compare_models, format_table, write_comparison
 
     table = compare_models(Path(args.out), args.models)
-    with_units = table.to_string(index=False, float_format=lambda v: f"{v:.3f}")
-    print(with_units)
+    print(f"paired differences A − B on {table.attrs['dataset']}, nats per image (95% interval: mean ± 1.96 s.e.)")
+    print(format_table(table))
+    for note in table.attrs["notes"]:
+        print(f"note: {note}")
     for path in write_comparison(Path(args.out), table):
         print(f"wrote {path}")
     return 0

@@ -136,7 +136,7 @@ def _typed(path: Path, table: dict[str, Any], cls: type, what: str) -> Any:
             ok = isinstance(value, list) and len(value) == len(default)
             value = tuple(float(v) for v in value) if ok else value
         if not ok or isinstance(value, bool) != isinstance(default, bool):
-            raise _fail(path, f"[{what}] {key} = {value!r} should be a {type(default).__name__}", key)
+            raise _fail(path, f"[{what}] {key} = {value!r} should be of type {type(default).__name__}", key)
         table = {**table, key: float(value) if isinstance(default, float) else value}
     return cls(**table)
 
