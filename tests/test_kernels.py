@@ -9,6 +9,7 @@ without the flag, the module is skipped and the reason says so.
 Tolerance: 1e-3 nats per row. With extreme logits (|l| ~ 50..200, D = 784) a row's log-likelihood
 is ~ -4e4 nats, where one float32 ulp is already 4e-3 nats: those cases allow 1e-6 relative on top.
 """
+
 import math
 
 import pytest
@@ -23,11 +24,11 @@ from torch.distributions import (
     Normal,
 )
 
+from tests.closed_form import PPCA
 from vaebench.core import kernels
 from vaebench.core.estimators import iwae_bounds, log_weights_of_samples, supports_fused
 from vaebench.core.kernels import bernoulli_log_lik, mixture_log_prob
 from vaebench.families.vae import ModelConfig, build_model
-from tests.closed_form import PPCA
 
 UNAVAILABLE = kernels._unavailable_reason()
 pytestmark = pytest.mark.skipif(UNAVAILABLE is not None, reason=f"the triton backend cannot run: {UNAVAILABLE}")
@@ -55,14 +56,17 @@ def check_bernoulli(k: int, b: int, h: int, d: int, logit_scale: float = 3.0, se
     assert (error <= ATOL + rtol * want.abs()).all(), f"max error {error.max().item():.3g} nats"
 
 
-@pytest.mark.parametrize("k, b, h, d", [
-    (3, 5, 300, 784),  # the MNIST decoder head: D, H not multiples of the blocks
-    (2, 67, 300, 784),  # K*B = 134: three row blocks, the last partial
-    (7, 11, 33, 130),
-    (1, 1, 17, 5),
-    (1, 3, 1, 1),
-    (4, 16, 64, 128),  # exact multiples of the blocks
-])
+@pytest.mark.parametrize(
+    "k, b, h, d",
+    [
+        (3, 5, 300, 784),  # the MNIST decoder head: D, H not multiples of the blocks
+        (2, 67, 300, 784),  # K*B = 134: three row blocks, the last partial
+        (7, 11, 33, 130),
+        (1, 1, 17, 5),
+        (1, 3, 1, 1),
+        (4, 16, 64, 128),  # exact multiples of the blocks
+    ],
+)
 def test_bernoulli_kernel_matches_float64(k, b, h, d):
     check_bernoulli(k, b, h, d)
 
@@ -74,8 +78,14 @@ def test_bernoulli_kernel_extreme_logits(k, b, h, d):
 
 
 @settings(max_examples=8, deadline=None)
-@given(k=st.integers(1, 4), b=st.integers(1, 9), h=st.integers(1, 80), d=st.integers(1, 200),
-       logit_scale=st.sampled_from([0.1, 3.0, 30.0]), seed=st.integers(0, 2**16))
+@given(
+    k=st.integers(1, 4),
+    b=st.integers(1, 9),
+    h=st.integers(1, 80),
+    d=st.integers(1, 200),
+    logit_scale=st.sampled_from([0.1, 3.0, 30.0]),
+    seed=st.integers(0, 2**16),
+)
 def test_bernoulli_kernel_random_shapes(k, b, h, d, logit_scale, seed):
     check_bernoulli(k, b, h, d, logit_scale, seed)
 
@@ -90,8 +100,13 @@ def test_bernoulli_kernel_strided_inputs():
     """Non-contiguous features, a transposed weight and a column slice of x go through their strides."""
     features, weight, bias, x = decoder_case(3, 6, 40, 50, 3.0, 2)
     wide_x = torch.cat([x, 1 - x], dim=1)
-    got = bernoulli_log_lik(features.transpose(0, 1).contiguous().transpose(0, 1), weight.T.contiguous().T, bias,
-                            wide_x[:, :50], backend="triton")
+    got = bernoulli_log_lik(
+        features.transpose(0, 1).contiguous().transpose(0, 1),
+        weight.T.contiguous().T,
+        bias,
+        wide_x[:, :50],
+        backend="triton",
+    )
     torch.testing.assert_close(got, bernoulli_log_lik(features, weight, bias, x), rtol=0, atol=ATOL)
 
 
@@ -111,8 +126,9 @@ def test_mixture_kernel_matches_references(c, d):
     got = mixture_log_prob(z, loc, scale, log_mix, backend="triton")
     assert got.shape == z.shape[:-1] and got.dtype == torch.float32
     torch.testing.assert_close(got, mixture_log_prob(z, loc, scale, log_mix, backend="torch"), rtol=0, atol=ATOL)
-    exact = MixtureSameFamily(Categorical(logits=log_mix.double()),
-                              Independent(Normal(loc.double(), scale.double()), 1)).log_prob(z.double())
+    exact = MixtureSameFamily(
+        Categorical(logits=log_mix.double()), Independent(Normal(loc.double(), scale.double()), 1)
+    ).log_prob(z.double())
     torch.testing.assert_close(got.double(), exact, rtol=0, atol=ATOL)
 
 
@@ -130,8 +146,9 @@ def test_mixture_kernel_many_rows_and_zero_weight_components():
 @pytest.mark.parametrize("levels", [1, 2])
 def test_log_weights_of_samples_match_plain_path(prior, levels):
     torch.manual_seed(0)
-    config = ModelConfig(x_dim=784, z_dim=4, hidden=32, depth=2, net="gated", prior=prior, n_components=7,
-                         levels=levels)
+    config = ModelConfig(
+        x_dim=784, z_dim=4, hidden=32, depth=2, net="gated", prior=prior, n_components=7, levels=levels
+    )
     model = build_model(config).to(DEVICE).eval()
     x = (torch.rand(5, 784) < 0.3).float().to(DEVICE)
     with torch.no_grad():
@@ -151,6 +168,61 @@ def test_log_weights_of_samples_fall_back_for_other_models():
     assert not supports_fused(model)
     plain = model.likelihood(z).log_prob(x) + p.log_prob(z) - q.log_prob(z)
     torch.testing.assert_close(log_weights_of_samples(model, q, p, z, x, "triton"), plain)
+
+
+class LaunchSpy:
+    """Stands in for a jitted kernel: records each launch's grid and keywords, then launches the real one."""
+
+    def __init__(self, kernel):
+        self.kernel, self.launches = kernel, []
+
+    def __getitem__(self, grid):
+        def launch(*args, **kwargs):
+            self.launches.append((grid, kwargs))
+            return self.kernel[grid](*args, **kwargs)
+
+        return launch
+
+
+def test_kernel_options_reach_every_launch(monkeypatch):
+    """``kernel_options`` go from iwae_bounds through log_weights_of_samples to both kernels' launches
+    (precision, tiles, grid); without them the committed defaults launch, and the bound is the same."""
+    spies = {name: LaunchSpy(kernels._jitted[name]) for name in ("_bernoulli_kernel", "_mixture_kernel")}
+    for name, spy in spies.items():
+        monkeypatch.setitem(kernels._jitted, name, spy)
+    monkeypatch.setattr(kernels, "_unavailable_reason", lambda: None)  # its mode check would see the spies
+    torch.manual_seed(0)
+    model = (
+        build_model(ModelConfig(x_dim=64, z_dim=4, hidden=32, depth=2, net="gated", prior="vamp", n_components=7))
+        .to(DEVICE)
+        .eval()
+    )
+    x = (torch.rand(3, 64) < 0.3).float().to(DEVICE)
+    options = kernels.KernelOptions(
+        precision="tf32x3",
+        bernoulli=kernels.Tiles(block_m=16, block_n=32, block_k=16),
+        mixture=kernels.Tiles(block_m=32, block_n=16, block_k=16, num_warps=2),
+    )
+    ours = iwae_bounds(model, x, (1, 10), seed=0, index=torch.arange(3), backend="triton", kernel_options=options)
+    rows = 10 * 3
+    assert spies["_bernoulli_kernel"].launches == [
+        ((2,), {"PRECISION": "tf32x3", "BLOCK_M": 16, "BLOCK_N": 32, "BLOCK_K": 16})
+    ]
+    assert spies["_mixture_kernel"].launches == [
+        ((1,), {"PRECISION": "tf32x3", "BLOCK_M": 32, "BLOCK_N": 16, "BLOCK_K": 16, "num_warps": 2})
+    ]
+    for spy in spies.values():
+        spy.launches.clear()
+    committed = iwae_bounds(model, x, (1, 10), seed=0, index=torch.arange(3), backend="triton")
+    assert [kw for _, kw in spies["_bernoulli_kernel"].launches] == [
+        {"PRECISION": "ieee", **kernels.BERNOULLI_TILES.launch()}
+    ]
+    assert [kw for _, kw in spies["_mixture_kernel"].launches] == [
+        {"PRECISION": "ieee", **kernels.MIXTURE_TILES.launch()}
+    ]
+    assert spies["_bernoulli_kernel"].launches[0][0] == (math.ceil(rows / kernels.BERNOULLI_TILES.block_m),)
+    # the interpreter ignores the precision; compiled, tf32x3 stays within float32 accumulation error
+    torch.testing.assert_close(ours, committed, rtol=0, atol=ATOL)
 
 
 def test_unavailable_triton_names_the_fix(monkeypatch):
@@ -215,17 +287,23 @@ def test_keyed_normals_reject_keys_out_of_range():
         kernels.keyed_normals(0, torch.arange(kernels.MAX_GRID_Y + 1), 0, 1, 1, DEVICE)
 
 
+@pytest.mark.cuda
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="the CUDA noise path of iwae_bounds needs a GPU")
 def test_cuda_bounds_do_not_depend_on_batch_or_chunk_size():
     """Same samples whatever the batching (Triton's keyed Philox); float32 layers of other batch shapes may
     round differently (cuBLAS picks kernels by shape), hence the float32 tolerance ATOL."""
     torch.manual_seed(0)
-    model = build_model(ModelConfig(x_dim=784, z_dim=8, hidden=32, depth=2, net="gated", prior="vamp",
-                                    n_components=7)).to(DEVICE).eval()
+    model = (
+        build_model(ModelConfig(x_dim=784, z_dim=8, hidden=32, depth=2, net="gated", prior="vamp", n_components=7))
+        .to(DEVICE)
+        .eval()
+    )
     x = (torch.rand(6, 784) < 0.3).float().to(DEVICE)
     index = torch.arange(10, 16)
     whole = iwae_bounds(model, x, (1, 50, 1000), seed=0, index=index, backend="triton")
     for chunk in (1000, 500, 100):
-        halves = [iwae_bounds(model, x[i:i + 3], (1, 50, 1000), chunk, seed=0, index=index[i:i + 3], backend="triton")
-                  for i in (0, 3)]
+        halves = [
+            iwae_bounds(model, x[i : i + 3], (1, 50, 1000), chunk, seed=0, index=index[i : i + 3], backend="triton")
+            for i in (0, 3)
+        ]
         torch.testing.assert_close(torch.cat(halves, dim=1), whole, rtol=0, atol=ATOL)

@@ -12,14 +12,22 @@ import pandas as pd
 import pytest
 import torch
 
-from vaebench.protocol.datasets import load_dataset
+from vaebench.families.vae import ModelConfig, build_model
 from vaebench.protocol import registry
 from vaebench.protocol.checkpoint import CheckpointError, atomic_save, load_state
+from vaebench.protocol.datasets import load_dataset
+from vaebench.protocol.evaluate import evaluate
+from vaebench.protocol.settings import Settings
 from vaebench.protocol.train import TrainConfig, train
-from vaebench.families.vae import ModelConfig, build_model
 
 ROOT = Path(__file__).resolve().parent.parent
 TINY = "digits-vampprior"  # a committed checkpoint on a dataset that needs no files
+ENTRIES = registry.load_registry()
+
+
+def entry_at(tmp_path: Path, checkpoint: Path, name: str = TINY) -> registry.Entry:
+    """The built-in entry ``name`` with its checkpoint read from ``checkpoint`` instead."""
+    return replace(ENTRIES[name], checkpoint=checkpoint)
 
 
 def run_bench(*args: str, timeout: float = 300) -> subprocess.CompletedProcess:
@@ -31,37 +39,35 @@ def run_bench(*args: str, timeout: float = 300) -> subprocess.CompletedProcess:
 
 def test_unknown_model_suggests_close_names():
     with pytest.raises(KeyError, match="did you mean digits-vampprior"):
-        registry.get("digits-vampprio")
+        registry.get(ENTRIES, "digits-vampprio")
     result = run_bench("eval", "vae-vamprior")
     assert result.returncode == 2
     assert "unknown model 'vae-vamprior'; did you mean vae-vampprior" in result.stderr
 
 
-def test_checkpoint_with_wrong_shapes_is_refused(tmp_path, monkeypatch):
-    entry = registry.get(TINY)
+def test_checkpoint_with_wrong_shapes_is_refused(tmp_path):
+    entry = ENTRIES[TINY]
     other = build_model(replace(entry.model, hidden=8))
     fake = tmp_path / f"{TINY}.pt"
     atomic_save({"model": other.state_dict(), "meta": {}}, fake)
-    monkeypatch.setattr(registry, "CHECKPOINTS", tmp_path)
-    with pytest.raises(CheckpointError, match=f"does not match registry entry '{TINY}'"):
-        registry.load(entry)
+    with pytest.raises(CheckpointError, match=r"does not fit the model \(shape: encoder.0.0.value.weight \(8, 64\)"):
+        registry.load(entry_at(tmp_path, fake))
 
 
-def test_checkpoint_of_another_entry_with_the_same_shapes_is_refused(tmp_path, monkeypatch):
+def test_checkpoint_of_another_entry_with_the_same_shapes_is_refused(tmp_path):
     """digits-standard and a copy of its entry with another name share every tensor shape: only the
     checkpoint's own record of its name and settings tells them apart."""
-    source = registry.load_state(registry.get("digits-standard").checkpoint)
-    monkeypatch.setattr(registry, "CHECKPOINTS", tmp_path)
-    atomic_save(source, tmp_path / f"{TINY}.pt")
-    monkeypatch.setitem(registry.REGISTRY, TINY, replace(registry.get("digits-standard"), name=TINY))
+    source = load_state(ENTRIES["digits-standard"].checkpoint)
+    path = tmp_path / f"{TINY}.pt"
+    atomic_save(source, path)
+    renamed = replace(ENTRIES["digits-standard"], name=TINY, checkpoint=path)
     with pytest.raises(CheckpointError, match=f"holds model 'digits-standard', not '{TINY}'"):
-        registry.load(registry.get(TINY))
-    atomic_save({**source, "meta": {**source["meta"], "name": TINY}}, tmp_path / f"{TINY}.pt")
-    registry.load(registry.get(TINY))  # same name and settings: accepted
-    moved = replace(registry.get(TINY), model=replace(registry.get(TINY).model, logvar_limits=(-7.0, 2.0)))
-    monkeypatch.setitem(registry.REGISTRY, TINY, moved)
+        registry.load(renamed)
+    atomic_save({**source, "meta": {**source["meta"], "name": TINY}}, path)
+    registry.load(renamed)  # same name and settings: accepted
+    moved = replace(renamed, model=replace(renamed.model, logvar_limits=(-7.0, 2.0)))
     with pytest.raises(CheckpointError, match="was trained with model settings"):
-        registry.load(registry.get(TINY))
+        registry.load(moved)
 
 
 def test_training_state_of_another_architecture_is_a_clear_error(tmp_path):
@@ -69,14 +75,15 @@ def test_training_state_of_another_architecture_is_a_clear_error(tmp_path):
     data.train, data.valid = data.train[:100], data.valid[:50]
     cfg = TrainConfig(lr=3e-3, batch_size=50, warmup_epochs=1, max_epochs=2, patience=10, seed=5)
     config = ModelConfig(x_dim=64, z_dim=3, hidden=16, depth=1)
-    train(build_model(config), data, cfg, tmp_path / "state.pt", tmp_path / "best.pt", {"name": "t"}, max_epochs=1)
+    train(lambda: build_model(config), data, cfg, tmp_path / "state.pt", tmp_path / "best.pt", {"name": "t"},
+          max_epochs=1)
     with pytest.raises(CheckpointError, match="state.pt does not match this model"):
-        train(build_model(replace(config, hidden=8)), data, cfg, tmp_path / "state.pt", tmp_path / "best.pt",
+        train(lambda: build_model(replace(config, hidden=8)), data, cfg, tmp_path / "state.pt", tmp_path / "best.pt",
               {"name": "t"})
 
 
 def test_truncated_checkpoint_is_a_clear_error(tmp_path):
-    good = registry.get(TINY).checkpoint.read_bytes()
+    good = ENTRIES[TINY].checkpoint.read_bytes()
     path = tmp_path / "cut.pt"
     path.write_bytes(good[: len(good) // 2])
     with pytest.raises(CheckpointError, match="truncated or corrupt"):
@@ -121,46 +128,37 @@ def test_damaged_pickle_in_a_valid_archive_is_called_corrupt_not_unsafe(tmp_path
 # --- command line ------------------------------------------------------------------------------
 
 @pytest.mark.parametrize("args,message", [
-    (["eval", TINY, "--k", "0"], "--k 0: the number of importance samples must be at least 1"),
+    (["eval", TINY, "--k", "0"], "--k 0: use 1..1,000,000"),
+    (["eval", TINY, "--k", str(10**12)], "--k 1,000,000,000,000: use 1..1,000,000"),
     (["eval", TINY, "--n-test", "301"], "--n-test 301: digits-vampprior's test set (digits) has 300 points"),
     (["--device", "cuda:7", "eval", TINY], "--device cuda:7: no such CUDA device"),
     (["--device", "gpu", "eval", TINY], "--device 'gpu' is not a device name"),
-    (["eval", TINY, "--seed", "-1"], "--seed -1: must be at least 0"),
-    (["eval", TINY, "--seed", "8388608"], "--seed 8388608: use 0..8388607"),
-    (["eval", TINY, "--batch-size", "0"], "--batch-size 0: must be at least 1"),
-    (["eval", TINY, "--surgery-samples", "0"], "--surgery-samples 0: must be at least 1"),
+    (["eval", TINY, "--seed", "-1"], "--seed -1: use 0..8,388,607"),
+    (["eval", TINY, "--seed", "8388608"], "--seed 8,388,608: use 0..8,388,607"),
+    (["eval", TINY, "--batch-size", "0"], "--batch-size 0: use 1..100,000"),
+    (["eval", TINY, "--surgery-samples", "0"], "--surgery-samples 0: use 1..1,000,000"),
+    (["eval", TINY, "--surgery-samples", str(10**13)], "--surgery-samples 10,000,000,000,000: use 1..1,000,000"),
+    (["eval", TINY, "--chunk-size", "0"], "--chunk-size 0: use 1 or more"),
+    (["train", TINY, "--max-epochs", "0"], "--max-epochs 0: train at least one epoch"),
+    (["eval", TINY, "--checkpoint", "x.pt"], "--checkpoint go with --model FILE.py:FUNCTION"),
+    (["eval", TINY, "--model", "m.py:f", "--checkpoint", "nowhere.pt", "--dataset", "digits"],
+     "--checkpoint nowhere.pt: no such file"),
+    (["--registry", "/nonexistent/registry", "list"], "registry folder /nonexistent/registry does not exist"),
+    (["compare", TINY], "two or more"),
 ])
 def test_cli_rejects_bad_options(tmp_path, args, message):
-    result = run_bench(*args, "--out", str(tmp_path))
+    result = run_bench(*args, *(["--out", str(tmp_path)] if "eval" in args else []))
     assert result.returncode == 2, result.stderr
     assert message in result.stderr
     assert "Traceback" not in result.stderr
 
 
-def test_checkpoint_with_nan_weights_is_refused(tmp_path, monkeypatch):
-    entry = registry.get(TINY)
-    state = load_state(entry.checkpoint)
+def test_checkpoint_with_nan_weights_is_refused(tmp_path):
+    state = load_state(ENTRIES[TINY].checkpoint)
     state["model"]["decoder.out.bias"][3] = float("nan")
     atomic_save(state, tmp_path / f"{TINY}.pt")
-    monkeypatch.setattr(registry, "CHECKPOINTS", tmp_path)
     with pytest.raises(CheckpointError, match="NaN or infinite values in decoder.out.bias"):
-        registry.load(entry)
-
-
-def test_check_fails_on_missing_metric_and_refuses_other_settings(tmp_path):
-    from vaebench.cli import compare_with_baseline
-
-    baseline = pd.DataFrame([{"model": "m", "metric": "mutual_info", "value": 1.0, "se": 0.1, "k": 100,
-                              "n_test": 200, "checkpoint_sha256": "abc"}])
-    table = compare_with_baseline([{"model": "m", "checkpoint_sha256": "abc"}], baseline)
-    assert not table.ok.any() and table.note.tolist() == ["missing now"]
-    moved = compare_with_baseline([{"model": "m", "checkpoint_sha256": "abc", "mutual_info": 2.0,
-                                    "mutual_info_se": 0.1}], baseline)
-    assert not moved.ok.any()
-    path = tmp_path / "baseline.csv"
-    baseline.to_csv(path, index=False)
-    result = run_bench("check", TINY, "--k", "50", "--baseline", str(path))
-    assert result.returncode == 2 and "the baseline was made with k, n_test = [[100, 200]]" in result.stderr
+        registry.load(entry_at(tmp_path, tmp_path / f"{TINY}.pt"))
 
 
 def test_check_update_keeps_other_models(tmp_path):
@@ -172,23 +170,19 @@ def test_check_update_keeps_other_models(tmp_path):
 
 
 def test_progress_survives_until_the_record_is_stored(tmp_path):
-    from vaebench.protocol.evaluate import evaluate
-
     progress = tmp_path / "p.progress.pt"
-    evaluate(registry.load(registry.get(TINY)), load_dataset("digits"), k=50, n_test=20, progress_path=progress)
+    evaluate(registry.load(ENTRIES[TINY]), load_dataset("digits"), Settings(k=50, n_test=20), progress_path=progress)
     assert progress.is_file()  # the CLI removes it only after writing the record
 
 
 def test_unreadable_progress_file_is_replaced_with_a_warning(tmp_path):
-    from vaebench.protocol.evaluate import evaluate
-
-    model, data = registry.load(registry.get(TINY)), load_dataset("digits")
-    want, _ = evaluate(model, data, k=50, n_test=20)
+    model, data = registry.load(ENTRIES[TINY]), load_dataset("digits")
+    want, _ = evaluate(model, data, Settings(k=50, n_test=20))
     progress = tmp_path / "p.progress.pt"
     progress.write_bytes(b"not a torch file")
     with pytest.warns(UserWarning, match="p.progress.pt is unreadable"):
-        got, _ = evaluate(model, data, k=50, n_test=20, progress_path=progress)
-    assert got["log_likelihood"] == want["log_likelihood"]
+        got, _ = evaluate(model, data, Settings(k=50, n_test=20), progress_path=progress)
+    assert got.log_likelihood == want.log_likelihood
 
 
 def test_cli_unwritable_output_folder(tmp_path):
@@ -204,24 +198,23 @@ def test_foreign_file_among_records_is_a_clear_error(tmp_path):
     (tmp_path / "records" / "junk.json").write_text("{}")
     result = run_bench("report", "--out", str(tmp_path))
     assert result.returncode == 2
-    assert "junk.json is not a stored record" in result.stderr
+    assert "junk.json is not a readable record" in result.stderr
 
 
 def test_non_binary_test_data_is_refused():
     from vaebench.protocol.datasets import DataError
-    from vaebench.protocol.evaluate import evaluate
 
     data = load_dataset("digits")
     data.test = data.test * 0.5
     with pytest.raises(DataError, match="values other than 0 and 1"):
-        evaluate(registry.load(registry.get(TINY)), data, k=2)
+        evaluate(registry.load(ENTRIES[TINY]), data, Settings(k=2))
 
 
 # --- interruptions and determinism -------------------------------------------------------------
 
 def _values(out: Path) -> pd.DataFrame:
     frame = pd.read_csv(out / "metrics.csv")
-    return frame.drop(columns=["wall_time_s", "code_version"])
+    return frame.drop(columns=["wall_time_s", "code_version", "source_sha256"])
 
 
 @pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT], ids=["SIGTERM", "SIGINT"])
@@ -262,10 +255,18 @@ def test_same_command_same_numbers_and_batch_size_does_not_matter(tmp_path):
     per_a = pd.read_csv(a / "per_example" / f"{TINY}.csv.gz")
     per_b = pd.read_csv(b / "per_example" / f"{TINY}.csv.gz")
     pd.testing.assert_frame_equal(per_a, per_b)
+    # byte for byte: the gzip header carries neither the temporary file's name nor a time
+    c = tmp_path / "c"
+    assert run_bench("eval", TINY, "--k", "500", "--out", str(c)).returncode == 0
+    assert (a / "per_example" / f"{TINY}.csv.gz").read_bytes() == (c / "per_example" / f"{TINY}.csv.gz").read_bytes()
     again = run_bench("eval", TINY, "--k", "500", "--out", str(a), "--backend", "triton")
     assert "unchanged, reusing the stored record (made on " in again.stdout and "with the torch backend" in again.stdout
-    changed = run_bench("eval", TINY, "--k", "250", "--out", str(a))  # another protocol setting is not reused
+    quick = run_bench("eval", TINY, "--k", "250", "--out", str(a))  # would replace a K=500 record: refused
+    assert quick.returncode == 2 and "made with k=500 (now 250); write this run elsewhere with --out" in quick.stderr
+    assert _values(a)["k"].tolist() == [500]
+    changed = run_bench("eval", TINY, "--k", "250", "--out", str(a), "--force")  # another setting is not reused
     assert "reusing" not in changed.stdout and _values(a)["k"].tolist() == [250]
+    assert (a / "per_example" / f"{TINY}.csv.gz").read_bytes() != (c / "per_example" / f"{TINY}.csv.gz").read_bytes()
 
 
 def test_interrupted_training_gives_the_same_weights(tmp_path):
@@ -275,11 +276,9 @@ def test_interrupted_training_gives_the_same_weights(tmp_path):
     config = ModelConfig(x_dim=64, z_dim=3, hidden=16, depth=1, prior="vamp", n_components=4)
 
     def run(folder: Path, steps: list[int]) -> dict:
-        torch.manual_seed(0)
-        model = build_model(config)
         for n in steps:
-            train(model, data, cfg, folder / "state.pt", folder / "best.pt", {"name": "t"}, max_epochs=n)
-            model = build_model(config)
+            train(lambda: build_model(config), data, cfg, folder / "state.pt", folder / "best.pt", {"name": "t"},
+                  max_epochs=n)
         return load_state(folder / "state.pt")
 
     straight, resumed = run(tmp_path / "a", [4]), run(tmp_path / "b", [1, 2, 1])
@@ -301,12 +300,140 @@ def test_test_subset_is_a_fixed_spread_sample_not_a_prefix():
 
 
 def test_triton_backend_with_cpu_tensors_names_the_fix(monkeypatch):
-    from vaebench import cli
     from vaebench.core import kernels
+    from vaebench.protocol.runner import check_backend
+    from vaebench.protocol.settings import SettingsError
 
     monkeypatch.setattr(kernels, "_unavailable_reason", lambda: None)  # as on a machine with CUDA
     monkeypatch.setenv("TRITON_INTERPRET", "0")
-    with pytest.raises(cli.UsageError, match="--device cuda.*--backend torch"):
-        cli.resolve_backend("triton", torch.device("cpu"))
-    assert cli.resolve_backend("triton", torch.device("cuda")) == "triton"
-    assert cli.resolve_backend("torch", torch.device("cpu")) == "torch"
+    with pytest.raises(SettingsError, match="--device cuda.*--backend torch"):
+        check_backend(Settings(backend="triton"), torch.device("cpu"))
+    check_backend(Settings(backend="triton"), torch.device("cuda"))
+    check_backend(Settings(backend="torch"), torch.device("cpu"))
+
+
+# --- round two of the attacks: partial state keyed by everything, damaged results and baselines ---------------
+
+def test_resuming_after_a_data_change_does_not_mix_two_data_sets(tmp_path):
+    """The progress file is keyed by the data (and the code): batches of the old data are not reused."""
+    model, data = registry.load(ENTRIES[TINY]), load_dataset("digits")
+    settings = Settings(k=50, n_test=40, batch_size=20)
+    progress = tmp_path / "p.progress.pt"
+    inverted = load_dataset("digits")
+    inverted.test = 1 - inverted.test
+    evaluate(model, inverted, settings, progress_path=progress, fingerprint="code-a")
+    saved = torch.load(progress, weights_only=True)
+    saved["done"] = {0: saved["done"][0]}  # as if killed after the first batch
+    torch.save(saved, progress)
+    want, want_per = evaluate(model, data, settings)
+    got, got_per = evaluate(model, data, settings, progress_path=progress, fingerprint="code-a")
+    assert got.log_likelihood == want.log_likelihood
+    assert torch.equal(got_per["L_50"], want_per["L_50"])
+    evaluate(model, data, settings, progress_path=progress, fingerprint="code-a")
+    saved = torch.load(progress, weights_only=True)
+    saved["done"][0] = saved["done"][0] + 100.0  # a stored batch that another code version would have made
+    torch.save(saved, progress)
+    other_code, _ = evaluate(model, data, settings, progress_path=progress, fingerprint="code-b")
+    assert other_code.log_likelihood == want.log_likelihood
+
+
+def test_temporary_and_foreign_files_among_records_are_skipped(tmp_path):
+    out = tmp_path / "out"
+    assert run_bench("eval", TINY, "--k", "20", "--n-test", "30", "--out", str(out)).returncode == 0
+    record = out / "records" / f"{TINY}.json"
+    (out / "records" / f".{TINY}.tmp123.json").write_text(record.read_text())  # left by a kill before rename
+    (out / "records" / "folder.json").mkdir()
+    result = run_bench("report", "--out", str(out))
+    assert result.returncode == 0, result.stderr
+    assert pd.read_csv(out / "metrics.csv").model.tolist() == [TINY]
+
+
+@pytest.mark.parametrize("damage,message", [
+    (lambda p: p.write_bytes(b"\xff\xfe\x00garbage"), "UnicodeDecodeError"),
+    (lambda p: p.write_text('{"key": {}, "record": 5}'), "a record is a JSON object, not int"),
+    (lambda p: p.write_text(p.read_text().replace('"log_likelihood": -', '"log_likelihood": "x", "was": -')),
+     "field 'log_likelihood' = 'x' is not a float"),
+    (lambda p: p.write_text('{"key": {}, "record": {}}'), "missing field 'model'"),
+    (lambda p: p.write_text(p.read_text()[:100]), "JSONDecodeError"),
+    (lambda p: p.write_text(p.read_text().replace('"model": "digits-vampprior"', '"model": ""')),
+     "field 'model' is empty"),
+])
+def test_a_damaged_record_is_named_not_a_traceback(tmp_path, damage, message):
+    out = tmp_path / "out"
+    assert run_bench("eval", TINY, "--k", "20", "--n-test", "30", "--out", str(out)).returncode == 0
+    path = out / "records" / f"{TINY}.json"
+    damage(path)
+    for command in (["report"], ["eval", TINY, "--k", "20", "--n-test", "30"]):
+        result = run_bench(*command, "--out", str(out))
+        assert result.returncode == 2 and "Traceback" not in result.stderr
+        assert f"{path} is not a readable record" in result.stderr and message in result.stderr
+
+
+def _baseline(tmp_path: Path) -> Path:
+    path = tmp_path / "baseline.csv"
+    assert run_bench("check", "--update", TINY, "--baseline", str(path), "--k", "20", "--n-test", "30").returncode == 0
+    return path
+
+
+@pytest.mark.parametrize("damage,code,message", [
+    (lambda f: f.iloc[1:], 1, "log_likelihood"),  # a deleted row: the metric is not compared any more
+    (lambda f: f.assign(model="gone"), 1, "not in the baseline"),  # all of a model's rows
+    (lambda f: f.assign(se=float("inf")), 2, "not a finite number"),
+    (lambda f: f.assign(value=float("nan")), 2, "not a finite number"),
+    (lambda f: f.drop(columns=["se"]), 2, "lacks the columns se"),
+    (lambda f: f.iloc[:0], 2, "has no rows"),
+])
+def test_check_fails_on_a_damaged_baseline(tmp_path, damage, code, message):
+    path = _baseline(tmp_path)
+    damage(pd.read_csv(path)).to_csv(path, index=False)
+    result = run_bench("check", "--baseline", str(path), "--k", "20", "--n-test", "30", TINY)
+    assert result.returncode == code, result.stdout + result.stderr
+    assert message in result.stdout + result.stderr and "Traceback" not in result.stderr
+
+
+@pytest.mark.parametrize("content", [b"", b"\x00\x01\x02binary", b"just,a\nheader,line\n"])
+def test_check_refuses_an_unreadable_baseline(tmp_path, content):
+    path = tmp_path / "baseline.csv"
+    path.write_bytes(content)
+    result = run_bench("check", "--baseline", str(path), TINY)
+    assert result.returncode == 2 and "Traceback" not in result.stderr and str(path) in result.stderr
+
+
+def test_check_baseline_of_other_settings_is_refused(tmp_path):
+    path = _baseline(tmp_path)
+    result = run_bench("check", TINY, "--k", "50", "--baseline", str(path))
+    assert result.returncode == 2 and "was made with k, n_test = (20, 30), not 50, 200" in result.stderr
+
+
+def test_a_full_disk_gives_one_line_and_keeps_earlier_results(tmp_path, monkeypatch, capsys):
+    import errno
+
+    from vaebench import cli
+
+    out = tmp_path / "out"
+    assert cli.main(["eval", TINY, "--k", "20", "--n-test", "30", "--out", str(out)]) == 0
+    before = {p: p.read_bytes() for p in out.rglob("*") if p.is_file() and not p.name.startswith(".")}
+    real_replace = Path.replace
+
+    def full(self, target):
+        if not str(self.name).startswith("."):
+            return real_replace(self, target)
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(Path, "replace", full)
+    monkeypatch.setattr(torch, "save", lambda *a, **k: (_ for _ in ()).throw(RuntimeError("unexpected pos 64")))
+    capsys.readouterr()
+    assert cli.main(["eval", TINY, "--k", "20", "--n-test", "30", "--out", str(out), "--force"]) == 2
+    err = capsys.readouterr().err
+    assert "No space left on device" in err and "intact" in err and len(err.strip().splitlines()) == 1
+    assert before == {p: p.read_bytes() for p in before}
+
+
+def test_concurrent_evaluations_keep_every_row(tmp_path):
+    out = tmp_path / "out"
+    procs = [subprocess.Popen([sys.executable, str(ROOT / "run_bench.py"), "eval", name, "--k", "20", "--n-test", "30",
+                               "--out", str(out)], cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+             for name in ("digits-standard", "digits-vampprior")]
+    for proc in procs:
+        assert proc.wait(timeout=300) == 0, proc.stderr.read()
+    assert sorted(pd.read_csv(out / "metrics.csv").model) == ["digits-standard", "digits-vampprior"]

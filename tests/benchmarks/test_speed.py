@@ -13,17 +13,19 @@ runs ``ROUNDS`` timed rounds after one warm-up round. In any other run, such as 
 seconds on 2 CPU cores. The Triton cases need CUDA and a compiled Triton: under the CPU interpreter
 (``TRITON_INTERPRET=1``) the kernels are tested for correctness in ``tests/test_kernels.py``, not timed.
 """
+
 import math
 
 import pytest
 import torch
 
-from vaebench.protocol.datasets import Dataset
 from vaebench.core.estimators import iwae_bound, log_weights
 from vaebench.core.kernels import interpreted, triton_problem
-from vaebench.protocol.evaluate import evaluate
-from vaebench.studies.speed import VAMP_MNIST, flops_per_sample
 from vaebench.families.vae import VAE
+from vaebench.protocol.datasets import Dataset
+from vaebench.protocol.evaluate import evaluate
+from vaebench.protocol.settings import Settings
+from vaebench.studies.speed import VAMP_MNIST, flops_per_sample
 
 DEVICE = torch.device("cuda" if torch.cuda.is_available() else "cpu")
 ROUNDS = 5
@@ -34,7 +36,7 @@ K = 5000
 N_PROTOCOL = 10  # test images of the protocol run
 N_TRAIN = 500  # training images of its ELBO surgery
 
-BACKENDS = ["torch", "triton"]
+BACKENDS = ["torch", pytest.param("triton", marks=pytest.mark.cuda)]
 
 
 def require(backend: str) -> None:
@@ -60,9 +62,14 @@ def timed(benchmark, request, fn):
 
 
 def describe(benchmark, model: VAE, k: int, n_images: int, backend: str) -> None:
-    benchmark.extra_info.update(device=torch.cuda.get_device_name(DEVICE) if DEVICE.type == "cuda" else "cpu",
-                                threads=torch.get_num_threads(), backend=backend, k=k, n_images=n_images,
-                                flops=flops_per_sample(model, k) * k * n_images)
+    benchmark.extra_info.update(
+        device=torch.cuda.get_device_name(DEVICE) if DEVICE.type == "cuda" else "cpu",
+        threads=torch.get_num_threads(),
+        backend=backend,
+        k=k,
+        n_images=n_images,
+        flops=flops_per_sample(model, k) * k * n_images,
+    )
 
 
 @pytest.fixture(scope="module")
@@ -110,24 +117,32 @@ def test_iwae_bound_k5000(benchmark, request, model, images, backend):
     # L_K = log mean w, and mean log w <= L_K <= max log w.
     few, bound = images[:N_CHECKED], bound[:N_CHECKED]
     with torch.no_grad():
-        lw = torch.cat([log_weights(model, few, CHUNK_K, seed=0, index=index[:N_CHECKED], start=s)
-                        for s in range(0, K, CHUNK_K)]).double()
+        lw = torch.cat(
+            [log_weights(model, few, CHUNK_K, seed=0, index=index[:N_CHECKED], start=s) for s in range(0, K, CHUNK_K)]
+        ).double()
     assert agree(bound, torch.logsumexp(lw, 0) - math.log(K))
     assert (lw.mean(0) <= bound + 1e-3).all() and (bound <= lw.max(0).values + 1e-3).all()
 
 
+@pytest.mark.slow  # about 20 s on 2 CPU cores: K = 5000 on 10 images and the ELBO surgery over 500
 @pytest.mark.benchmark(group="protocol")
 def test_protocol_evaluate(benchmark, request, model):
     describe(benchmark, model, K, N_PROTOCOL, "torch")
-    dataset = Dataset("random-binary", train=binary_images(N_TRAIN, seed=2), valid=binary_images(N_PROTOCOL, seed=3),
-                      test=binary_images(N_PROTOCOL, seed=4))
-    record, per_example = timed(benchmark, request, lambda: evaluate(model, dataset, K, n_test=N_PROTOCOL, seed=0,
-                                                                      batch_size=N_PROTOCOL, device=DEVICE))
-    ladder = [record[f"L_{m}"] for m in (1, 5, 50, 500, 5000)]
-    assert all(map(math.isfinite, ladder + [record["elbo"], record["mutual_info"], record["marginal_kl"]]))
+    dataset = Dataset(
+        "random-binary",
+        train=binary_images(N_TRAIN, seed=2),
+        valid=binary_images(N_PROTOCOL, seed=3),
+        test=binary_images(N_PROTOCOL, seed=4),
+    )
+    settings = Settings(k=K, n_test=N_PROTOCOL, seed=0, batch_size=N_PROTOCOL)
+    record, per_example = timed(benchmark, request, lambda: evaluate(model, dataset, settings, device=DEVICE))
+    surgery = record.surgery
+    assert surgery is not None, record.surgery_note
+    ladder = [record.bounds[m] for m in (1, 5, 50, 500, 5000)]
+    assert all(map(math.isfinite, ladder + [record.elbo, surgery.mutual_info, surgery.marginal_kl]))
     # groups of m are nested in groups of M (consecutive samples, m divides M): by Jensen L_m <= L_M for every draw
     assert ladder == sorted(ladder), f"L_k must grow with k: {ladder}"
-    assert record["log_likelihood"] == ladder[-1] and record["n_test"] == N_PROTOCOL
+    assert record.log_likelihood == ladder[-1] and record.n_test == N_PROTOCOL
     assert per_example[f"L_{K}"].shape == (N_PROTOCOL,)
-    assert math.isclose(float(per_example[f"L_{K}"].double().mean()), record["log_likelihood"], rel_tol=1e-12)
-    assert record["mutual_info"] <= record["log_n"] + 1e-9  # each term log q(z|x_i) - log q(z) <= log N
+    assert math.isclose(float(per_example[f"L_{K}"].double().mean()), record.log_likelihood, rel_tol=1e-12)
+    assert surgery.mutual_info <= surgery.log_n + 1e-9  # each term log q(z|x_i) - log q(z) <= log N

@@ -13,7 +13,7 @@ from torch import nn
 from torch.distributions import Distribution, Independent, Normal, kl_divergence
 
 from vaebench.core.interface import check_model
-from vaebench.core.kernels import bernoulli_log_lik, mixture_log_prob
+from vaebench.core.kernels import KernelOptions, bernoulli_log_lik, mixture_log_prob
 from vaebench.core.mixture import DiagonalGaussianMixture
 from vaebench.core.noise import NOISE_BLOCK, seeded_noise
 
@@ -37,11 +37,12 @@ def supports_fused(model: object) -> bool:
 
 
 def log_weights_of_samples(model, q: Distribution, prior: Distribution, z: torch.Tensor, x: torch.Tensor,
-                      backend: str = "torch") -> torch.Tensor:
+                           backend: str = "torch", options: KernelOptions | None = None) -> torch.Tensor:
     """log w = log p(x|z) + log p(z) - log q(z|x) for given samples z [K, B, d], x [B, D] -> [K, B].
 
     The log-weight of every backend: ``torch`` computes the Bernoulli and mixture terms with plain
-    PyTorch, ``triton`` with the fused kernels of :mod:`vaebench.core.kernels`.
+    PyTorch, ``triton`` with the fused kernels of :mod:`vaebench.core.kernels`, run as ``options`` says
+    (dot precision and tiles; default the committed :data:`vaebench.core.kernels.DEFAULT_OPTIONS`).
 
     log p(x|z) uses ``bernoulli_log_lik`` when ``supports_fused(model)``, log p(z) uses
     ``mixture_log_prob`` when the prior is a ``DiagonalGaussianMixture``; otherwise each falls back
@@ -50,11 +51,11 @@ def log_weights_of_samples(model, q: Distribution, prior: Distribution, z: torch
     if supports_fused(model):
         head = model.likelihood_head
         bias = head.bias if head.bias is not None else head.weight.new_zeros(head.out_features)
-        log_lik = bernoulli_log_lik(model.likelihood_features(z), head.weight, bias, x, backend)
+        log_lik = bernoulli_log_lik(model.likelihood_features(z), head.weight, bias, x, backend, options)
     else:
         log_lik = model.likelihood(z).log_prob(x)
     if isinstance(prior, DiagonalGaussianMixture):
-        log_prior = mixture_log_prob(z, prior.loc, prior.scale, prior.log_mix, backend)
+        log_prior = mixture_log_prob(z, prior.loc, prior.scale, prior.log_mix, backend, options)
     else:
         log_prior = prior.log_prob(z)
     return log_lik + log_prior - q.log_prob(z)
@@ -77,22 +78,24 @@ def sample_posterior(q: Distribution, k: int, seed: int | None = None, index: to
 
 def weighted_samples(model, x: torch.Tensor, k: int, *, seed: int | None = None,
                      index: torch.Tensor | None = None, start: int = 0, q: Distribution | None = None,
-                     prior: Distribution | None = None, backend: str = "torch") -> tuple[torch.Tensor, torch.Tensor]:
+                     prior: Distribution | None = None, backend: str = "torch",
+                     kernel_options: KernelOptions | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """(z [k, B, d], log w [k, B]) with z_k ~ q(z|x) and log w = log p(x, z_k) - log q(z_k|x).
 
     Where the model exposes its Bernoulli output layer, or has a mixture prior, those terms go
     through ``vaebench.core.kernels``: ``backend="torch"`` is the plain PyTorch formula, ``"triton"`` the
-    fused kernels; anything else uses ``model.likelihood(z).log_prob(x)`` and ``prior.log_prob(z)``.
+    fused kernels (run as ``kernel_options`` says); anything else uses ``model.likelihood(z).log_prob(x)``
+    and ``prior.log_prob(z)``.
     """
     q = model.posterior(x) if q is None else q
     prior = model.prior() if prior is None else prior
     z = sample_posterior(q, k, seed, index, start, x.device)
-    return z, log_weights_of_samples(model, q, prior, z, x, backend)
+    return z, log_weights_of_samples(model, q, prior, z, x, backend, kernel_options)
 
 
 def log_weights(model, x: torch.Tensor, k: int, *, seed: int | None = None, index: torch.Tensor | None = None,
                 start: int = 0, q: Distribution | None = None, prior: Distribution | None = None,
-                backend: str = "torch") -> torch.Tensor:
+                backend: str = "torch", kernel_options: KernelOptions | None = None) -> torch.Tensor:
     """log p(x, z_k) - log q(z_k|x) for k posterior samples per example: x [B, D] -> [k, B].
 
     Uses ``model.log_weights(x, k)`` when the model defines it and no seed is asked for. ``q`` and
@@ -101,7 +104,8 @@ def log_weights(model, x: torch.Tensor, k: int, *, seed: int | None = None, inde
     check_model(model)
     if seed is None and q is None and hasattr(model, "log_weights"):
         return model.log_weights(x, k)
-    return weighted_samples(model, x, k, seed=seed, index=index, start=start, q=q, prior=prior, backend=backend)[1]
+    return weighted_samples(model, x, k, seed=seed, index=index, start=start, q=q, prior=prior, backend=backend,
+                            kernel_options=kernel_options)[1]
 
 
 def memory_budget(device: torch.device) -> int:
@@ -120,7 +124,8 @@ def default_chunk_size(batch: int, dim_x: int, memory_bytes: int = DEFAULT_MEMOR
 def iwae_bounds(model, x: torch.Tensor, ks: tuple[int, ...], chunk_size: int | None = None, *,
                 seed: int | None = None, index: torch.Tensor | None = None, name: str | None = None,
                 with_variance: bool = False, backend: str = "torch", memory_bytes: int | None = None,
-                prior: Distribution | None = None) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
+                prior: Distribution | None = None,
+                kernel_options: KernelOptions | None = None) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
     """L_m for every m in ``ks`` from one set of K = max(ks) samples per example: [len(ks), B] nats.
 
     L_K = log (1/K) sum_k w_k; each smaller m must divide K, and L_m is the average of the bound
@@ -133,7 +138,8 @@ def iwae_bounds(model, x: torch.Tensor, ks: tuple[int, ...], chunk_size: int | N
     ``index[b]`` are fixed (see :func:`seeded_noise`), so results do not depend on batch or chunk
     size. Raises :class:`NonFiniteLogWeight` naming ``name`` and the example on a NaN/inf weight.
     ``prior`` may be passed in so that a caller evaluating many batches builds p(z) once (a
-    VampPrior encodes its pseudo-inputs once per evaluation).
+    VampPrior encodes its pseudo-inputs once per evaluation). ``kernel_options`` (dot precision, tiles)
+    reach the fused kernels of ``backend="triton"``.
 
     With ``with_variance`` also returns the Monte Carlo variance of each estimate, [len(ks), B]:
     for m < K the variance of the K/m group bounds divided by K/m; for K, by the delta method
@@ -159,7 +165,7 @@ def iwae_bounds(model, x: torch.Tensor, ks: tuple[int, ...], chunk_size: int | N
         index = torch.arange(x.shape[0]) if index is None else index
         parts = [iwae_bounds(model, x[i:i + per_batch], ks, chunk_size, seed=seed, index=index[i:i + per_batch],
                              name=name, with_variance=with_variance, backend=backend, memory_bytes=budget,
-                             prior=prior) for i in range(0, x.shape[0], per_batch)]
+                             prior=prior, kernel_options=kernel_options) for i in range(0, x.shape[0], per_batch)]
         if with_variance:
             return torch.cat([b for b, _ in parts], dim=1), torch.cat([v for _, v in parts], dim=1)
         return torch.cat(parts, dim=1)
@@ -169,7 +175,8 @@ def iwae_bounds(model, x: torch.Tensor, ks: tuple[int, ...], chunk_size: int | N
     group_squares = {m: torch.zeros_like(group_sums[m]) for m in smaller}
     for start in range(0, k, chunk_size):
         n = min(chunk_size, k - start)
-        lw = log_weights(model, x, n, seed=seed, index=index, start=start, q=q, prior=prior, backend=backend).double()
+        lw = log_weights(model, x, n, seed=seed, index=index, start=start, q=q, prior=prior, backend=backend,
+                         kernel_options=kernel_options).double()
         check_finite(lw, name or type(model).__name__, index)
         part = torch.logsumexp(lw, dim=0)
         total = part if total is None else torch.logaddexp(total, part)
@@ -190,9 +197,11 @@ def iwae_bounds(model, x: torch.Tensor, ks: tuple[int, ...], chunk_size: int | N
 
 
 def iwae_bound(model, x: torch.Tensor, k: int, chunk_size: int | None = None, *, seed: int | None = None,
-               index: torch.Tensor | None = None, name: str | None = None, backend: str = "torch") -> torch.Tensor:
+               index: torch.Tensor | None = None, name: str | None = None, backend: str = "torch",
+               kernel_options: KernelOptions | None = None) -> torch.Tensor:
     """L_k = log (1/k) sum_k w_k per example, x [B, D] -> [B] nats (see :func:`iwae_bounds`)."""
-    return iwae_bounds(model, x, (k,), chunk_size, seed=seed, index=index, name=name, backend=backend)[0]
+    return iwae_bounds(model, x, (k,), chunk_size, seed=seed, index=index, name=name, backend=backend,
+                       kernel_options=kernel_options)[0]
 
 
 def check_finite(lw: torch.Tensor, name: str, index: torch.Tensor | None = None) -> None:

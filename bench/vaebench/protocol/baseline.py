@@ -2,8 +2,8 @@
 
 A metric passes when it moved by at most ``Z_CHECK`` x sqrt(se_baseline^2 + se_now^2), with the Monte
 Carlo standard errors of both estimates (the spread a re-seeded run would show). It fails when it moved
-more, when the checkpoint differs from the baseline's, when a baseline row has no current value, or when
-the baseline holds a non-finite number.
+more, when the checkpoint differs from the baseline's, when a baseline row has no current value or a current
+value no baseline row, or when the baseline holds a non-finite number.
 """
 
 from __future__ import annotations
@@ -97,7 +97,8 @@ def baseline_settings(baseline: pd.DataFrame, path: Path) -> tuple[int, int]:
 
 def compare(records: list[Record], baseline: pd.DataFrame, names: list[str] | None = None) -> list[Comparison]:
     """Every baseline row of the evaluated models (all of its models when ``names`` is None) against the
-    current records; rows with no current value fail, metrics new since the baseline are listed as new."""
+    current records. A baseline row with no current value fails, and so does a current metric with no baseline
+    row (a damaged baseline, or a model never added to it with ``check --update``)."""
     now = {r.model: (r, r.to_flat()) for r in records}
     rows = []
     wanted = baseline if names is None else baseline[baseline.model.isin(names)]
@@ -115,6 +116,7 @@ def compare(records: list[Record], baseline: pd.DataFrame, names: list[str] | No
                                bool(same and abs(diff) <= tolerance), note))
     known = set(zip(baseline.model, baseline.metric))
     for model, (_, flat) in now.items():
-        rows += [Comparison(model, m, math.nan, flat[m], math.nan, True, "new: not in the baseline yet")
+        rows += [Comparison(model, m, math.nan, flat[m], math.nan, False,
+                            f"not in the baseline: run `check --update {model}` and commit the baseline")
                  for m in CHECKED if m in flat and (model, m) not in known]
     return rows

@@ -50,7 +50,7 @@ def per_example_path(out: Path, name: str) -> Path:
     return out / "per_example" / f"{name}.csv.gz"
 
 
-def _read(path: Path) -> tuple[dict, Record]:
+def read_record(path: Path) -> tuple[dict, Record]:
     """(key, record) of a stored record file; a :class:`ResultsError` naming it when damaged."""
     fix = "delete it (or restore it with git) and run `vaebench eval` again"
     try:
@@ -67,7 +67,7 @@ def load_record(out: Path, name: str, key: dict) -> Record | None:
     path = record_path(out, name)
     if not path.is_file():
         return None
-    stored_key, record = _read(path)
+    stored_key, record = read_record(path)
     return record if stored_key == key else None
 
 
@@ -77,7 +77,7 @@ def check_replaceable(out: Path, name: str, key: dict) -> None:
     path = record_path(out, name)
     if not path.is_file():
         return
-    stored_key, _ = _read(path)
+    stored_key, _ = read_record(path)
     changed = [f"{k}={stored_key.get(k)} (now {key[k]})" for k in SETTING_KEYS if stored_key.get(k) != key[k]]
     if changed:
         raise ResultsError(f"{path} holds {name}'s record made with {', '.join(changed)}; write this run elsewhere "
@@ -112,7 +112,7 @@ def record_files(out: Path) -> list[Path]:
 
 def all_records(out: Path) -> list[Record]:
     """Every stored record, in name order."""
-    return [_read(path)[1] for path in record_files(out)]
+    return [read_record(path)[1] for path in record_files(out)]
 
 
 def records_frame(records: list[Record]) -> pd.DataFrame:

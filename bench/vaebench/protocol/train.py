@@ -20,7 +20,8 @@ from tqdm import tqdm
 
 from vaebench.protocol.datasets import Dataset
 from vaebench.core.estimators import elbo, sample_posterior
-from vaebench.protocol.checkpoint import CheckpointError, atomic_save, atomic_write_json, load_state
+from vaebench.protocol.settings import SettingsError
+from vaebench.protocol.checkpoint import CheckpointError, atomic_save, atomic_write_json, load_state, weight_problems
 
 
 @dataclass
@@ -37,6 +38,27 @@ class TrainConfig:
     seed: int = 1
     adam_eps: float = 1e-8
     lr_schedule: str = "constant"  # constant, or burda (see learning_rate)
+
+
+OBJECTIVES, LR_SCHEDULES = ("elbo", "iwae"), ("constant", "burda")
+
+
+def check_config(cfg: TrainConfig, name: str = "this entry") -> None:
+    """Raise :class:`SettingsError` naming the ``[train]`` key of ``name``'s entry unless the objective and
+    schedule are known and the numbers are in range (k, batch size, epochs, patience >= 1; lr, eps > 0)."""
+    choices = {"objective": OBJECTIVES, "lr_schedule": LR_SCHEDULES}
+    for key, allowed in choices.items():
+        if getattr(cfg, key) not in allowed:
+            raise SettingsError(f"{name}: [train] {key} = {getattr(cfg, key)!r}; use one of {', '.join(allowed)}")
+    lowest = {"k": 1, "batch_size": 1, "max_epochs": 1, "patience": 1, "warmup_epochs": 0, "seed": 0}
+    for key, low in lowest.items():
+        value = getattr(cfg, key)
+        if not isinstance(value, int) or isinstance(value, bool) or value < low:
+            raise SettingsError(f"{name}: [train] {key} = {value!r}; use a whole number of at least {low}")
+    for key in ("lr", "adam_eps"):
+        value = getattr(cfg, key)
+        if not (isinstance(value, int | float) and math.isfinite(value) and value > 0):
+            raise SettingsError(f"{name}: [train] {key} = {value!r}; use a positive number")
 
 
 def learning_rate(cfg: TrainConfig, epoch: int) -> float:
@@ -72,29 +94,112 @@ def validation_elbo(model, x: torch.Tensor, batch_size: int = 1000) -> float:
 
 
 def _load_weights(model: torch.nn.Module, saved: dict, path: Path, opt: torch.optim.Optimizer | None = None) -> None:
-    """Load ``saved`` (and the optimiser's state) into ``model``; a :class:`CheckpointError` naming
-    ``path`` when it was written for another architecture."""
+    """Load ``saved["model"]`` (and the optimiser's state) into ``model`` after checking names, shapes and
+    dtypes (:func:`weight_problems`: no silent casts); a :class:`CheckpointError` naming ``path`` when it was
+    written for another architecture or converted."""
+    fix = "it was written for other registry settings; delete it to train from scratch, or restore it with git"
+    if "model" not in saved:
+        raise CheckpointError(f"{path} holds no \"model\" entry (a bare state_dict?); {fix}")
+    problems = weight_problems(model, saved["model"])
+    if problems:
+        raise CheckpointError(f"{path} does not match this model ({'; '.join(problems)}): {fix}")
     try:
         model.load_state_dict(saved["model"])
         if opt is not None:
             opt.load_state_dict(saved["optimizer"])
-    except (RuntimeError, KeyError, ValueError) as err:
-        raise CheckpointError(f"{path} does not match this model ({str(err).splitlines()[0]}): it was written "
-                              "for other registry settings; delete it to train from scratch, or restore it with "
-                              "git") from None
+            _check_optimizer(opt)
+    except (RuntimeError, KeyError, ValueError, TypeError) as err:
+        raise CheckpointError(f"{path} does not match this model ({str(err).splitlines()[0]}): {fix}") from None
+
+
+def _check_optimizer(opt: torch.optim.Optimizer) -> None:
+    """Raise ``ValueError`` unless every optimiser state tensor (Adam's moments) has its parameter's shape."""
+    for group in opt.param_groups:
+        for param in group["params"]:
+            for name, value in opt.state.get(param, {}).items():
+                if isinstance(value, torch.Tensor) and value.ndim > 0 and value.shape != param.shape:
+                    raise ValueError(f"optimizer state {name!r} has shape {tuple(value.shape)}, its parameter "
+                                     f"{tuple(param.shape)}")
+
+
+def _restore_state(model: torch.nn.Module, opt: torch.optim.Optimizer, gen: torch.Generator, path: Path) -> dict:
+    """Resume from the per-epoch state file: weights, optimiser, both generators and the progress; a
+    :class:`CheckpointError` naming ``path`` and the fix when it is unreadable or does not match."""
+    saved = load_state(path)
+    _load_weights(model, saved, path, opt)
+    progress = saved.get("progress")
+    try:
+        _check_progress(progress)
+        gen.set_state(saved["data_rng"])
+        torch.set_rng_state(saved["torch_rng"])
+    except (KeyError, TypeError, ValueError, RuntimeError) as err:
+        raise CheckpointError(f"training state {path} is damaged or from another version ({type(err).__name__}: "
+                              f"{str(err).splitlines()[0] if str(err) else ''}); delete it to continue from the "
+                              "best checkpoint beside it (or from scratch)") from None
+    return progress
+
+
+def _check_progress(progress: object) -> None:
+    """Raise ``ValueError`` unless ``progress`` has the keys and types :func:`train` writes."""
+    types = {"epoch": int, "best": float, "since_best": int, "history": list, "wall_time": float, "done": bool}
+    if not isinstance(progress, dict):
+        raise ValueError(f"'progress' is a {type(progress).__name__}, not a dict")
+    for key, kind in types.items():
+        value = progress.get(key)
+        ok = isinstance(value, kind) or (kind is float and isinstance(value, int))
+        if not ok or (kind is not bool and isinstance(value, bool)):
+            raise ValueError(f"'progress' {key!r} is {value!r}, expected a {kind.__name__}")
+
+
+def _read_history(path: Path) -> dict:
+    """The training record ``checkpoint.json`` beside a best checkpoint, checked for what a warm restart needs
+    (epochs, history with epochs, best validation ELBO, wall time, finished); a :class:`CheckpointError`
+    naming ``path`` and the fix otherwise."""
+    fix = (f"restore it with `git checkout -- {path}`, or delete it (and the checkpoint beside it) to train "
+           "from scratch")
+    try:
+        info = json.loads(path.read_text(encoding="utf-8"))
+    except json.JSONDecodeError as err:
+        raise CheckpointError(f"{path} is not valid JSON ({err.msg}, line {err.lineno}): it is truncated or "
+                              f"damaged; {fix}") from None
+    except (OSError, UnicodeDecodeError) as err:
+        raise CheckpointError(f"{path} cannot be read ({type(err).__name__}: {err}); {fix}") from None
+    problem = _history_problem(info)
+    if problem:
+        raise CheckpointError(f"{path} is not a training record: {problem}; {fix}")
+    return info
+
+
+def _history_problem(info: object) -> str:
+    """What a warm restart cannot use in a ``checkpoint.json`` object, or "" when nothing."""
+    if not isinstance(info, dict):
+        return f"it holds a JSON {type(info).__name__}, expected an object"
+    number = (int, float)
+    expected = {"epochs": int, "best_valid_elbo": number, "wall_time_s": number, "finished": bool, "history": list}
+    for key, kind in expected.items():
+        value = info.get(key)
+        if not isinstance(value, kind) or (kind is not bool and isinstance(value, bool)):
+            return f"{key!r} is {value!r}, expected {'a number' if kind is number else f'a JSON {kind.__name__}'}"
+    if info["epochs"] < 0:
+        return f"'epochs' is {info['epochs']}, expected 0 or more"
+    if not all(isinstance(r, dict) and isinstance(r.get("epoch"), int) for r in info["history"]):
+        return "a 'history' row is not an object with an integer 'epoch'"
+    return ""
 
 
 def _warm_restart(model: torch.nn.Module, best_path: Path, seed: int, gen: torch.Generator) -> dict:
     """Continue from a committed best checkpoint when the per-epoch state file is gone (a fresh
-    clone): the best weights, the epoch count and history; Adam's moments start again from zero."""
+    clone): the best weights, the epoch count and history; Adam's moments start again from zero.
+    Both the checkpoint and its ``.json`` record are checked first (:func:`_read_history`)."""
+    info = _read_history(best_path.with_suffix(".json"))
     _load_weights(model, load_state(best_path), best_path)
-    info = json.loads(best_path.with_suffix(".json").read_text())
-    since_best = info["epochs"] - max(info["history"], key=lambda r: r.get("valid_elbo", -math.inf))["epoch"]
+    scored = [r for r in info["history"] if isinstance(r.get("valid_elbo"), int | float)]
+    since_best = info["epochs"] - max(scored, key=lambda r: r["valid_elbo"])["epoch"] if scored else 0
     gen.manual_seed(seed + info["epochs"])
     torch.manual_seed(seed + info["epochs"])
     history = info["history"] + [{"epoch": info["epochs"], "event": "warm restart from the best checkpoint"}]
-    return {"epoch": info["epochs"], "best": info["best_valid_elbo"], "since_best": since_best,
-            "history": history, "wall_time": info["wall_time_s"], "done": info["finished"]}
+    return {"epoch": info["epochs"], "best": float(info["best_valid_elbo"]), "since_best": since_best,
+            "history": history, "wall_time": float(info["wall_time_s"]), "done": info["finished"]}
 
 
 def train(build: Callable[[], torch.nn.Module], data: Dataset, cfg: TrainConfig, state_path: Path,
@@ -111,7 +216,8 @@ def train(build: Callable[[], torch.nn.Module], data: Dataset, cfg: TrainConfig,
     not a run was interrupted between epochs.
     """
     if max_epochs is not None and max_epochs < 1:
-        raise ValueError(f"max_epochs={max_epochs}: train at least one epoch")
+        raise SettingsError(f"max_epochs={max_epochs}: train at least one epoch")
+    check_config(cfg, metadata.get("name", "this entry"))
     torch.manual_seed(cfg.seed)
     model = build().to(device)
     opt = torch.optim.Adam(model.parameters(), lr=cfg.lr, eps=cfg.adam_eps)
@@ -119,11 +225,7 @@ def train(build: Callable[[], torch.nn.Module], data: Dataset, cfg: TrainConfig,
     torch.manual_seed(cfg.seed)
     st = {"epoch": 0, "best": -math.inf, "since_best": 0, "history": [], "wall_time": 0.0, "done": False}
     if state_path.is_file():
-        saved = load_state(state_path)
-        _load_weights(model, saved, state_path, opt)
-        gen.set_state(saved["data_rng"])
-        torch.set_rng_state(saved["torch_rng"])
-        st = saved["progress"]
+        st = _restore_state(model, opt, gen, state_path)
     elif best_path.is_file() and best_path.with_suffix(".json").is_file():
         st = _warm_restart(model, best_path, cfg.seed, gen)
     limit = cfg.max_epochs if max_epochs is None else min(cfg.max_epochs, st["epoch"] + max_epochs)

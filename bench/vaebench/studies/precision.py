@@ -1,21 +1,23 @@
 """Rounding error of L_K on trained models, per arithmetic set-up: ``python -m vaebench.studies.precision``.
 
 For each registry model, L_K per image on a fixed random subset of its test set
-(``vaebench.protocol.evaluate.test_subset``) is computed with the same seeded samples (``vaebench.core.noise.seeded_noise``:
-the noise is drawn in float32 and shared) under each set-up and compared with float64:
+(``vaebench.protocol.evaluate.test_subset``) is computed with the same seeded samples
+(``vaebench.core.noise.seeded_noise``: the noise is drawn in float32 and shared) under each set-up and
+compared with float64:
 
 - ``float64``: model and data in float64, torch log-weights: the reference;
 - ``torch-fp32``: float32, torch log-weights, full-precision matrix products (the protocol's default path);
 - ``torch-tf32``: float32 with TF32 matrix products in every layer (``torch.set_float32_matmul_precision("high")``);
 - ``triton-ieee``: float32, the fused kernels with full-precision products (``--backend triton``);
 - ``triton-tf32x3`` / ``triton-tf32``: the fused kernels with three / one TF32 tensor-core products per
-  float32 product (``vaebench.core.kernels.dot_precision``).
+  float32 product (``KernelOptions(precision=...)``, passed to ``iwae_bound(..., kernel_options=)``).
 
 The TF32 set-ups need CUDA and the Triton ones CUDA or the Triton interpreter; a set-up that cannot run is
 listed as skipped. CSV columns: model, setup, device, images, k, mean_ll, mean_error (mean
 over images of L_K - L_K(float64): the shift it puts on a reported test log-likelihood), max_abs_error (the
 largest per-image |L_K - L_K(float64)|), seconds (wall time of the set-up's evaluation), note.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -30,8 +32,8 @@ import torch
 
 from vaebench.core import kernels
 from vaebench.core.estimators import iwae_bound
-from vaebench.protocol.files import atomic_write_text
 from vaebench.protocol.evaluate import test_subset
+from vaebench.protocol.files import atomic_write_text
 
 SETUPS = ("float64", "torch-fp32", "torch-tf32", "triton-ieee", "triton-tf32x3", "triton-tf32")
 DEFAULT_MODELS = ("vae-vampprior", "hvae-vampprior", "iwae-mnist-iwae-k5")
@@ -40,16 +42,26 @@ COLUMNS = ["model", "setup", "device", "images", "k", "mean_ll", "mean_error", "
 
 @contextlib.contextmanager
 def arithmetic(setup: str) -> Iterator[None]:
-    """TF32 on for the ``*tf32*`` set-ups: torch's matmul precision, or the kernels' dot precision."""
+    """TF32 matrix products in every torch layer within the block for ``torch-tf32`` (torch's own global
+    switch, ``torch.set_float32_matmul_precision``), restored on exit, errors included. The kernels'
+    precision is not global: see :func:`kernel_options`."""
     matmul = torch.get_float32_matmul_precision()
     if setup == "torch-tf32":
         torch.set_float32_matmul_precision("high")
-    dot = setup.removeprefix("triton-") if setup.startswith("triton-") else kernels.DOT_PRECISION
     try:
-        with kernels.dot_precision(dot):
-            yield
+        yield
     finally:
         torch.set_float32_matmul_precision(matmul)
+
+
+def kernel_options(setup: str) -> kernels.KernelOptions:
+    """The fused kernels' options of ``setup``: ``triton-<precision>`` sets the dot precision; the other
+    set-ups (which do not use the kernels) get the committed defaults."""
+    if setup not in SETUPS:
+        raise ValueError(f"unknown set-up {setup!r}: use one of {', '.join(SETUPS)}")
+    if setup.startswith("triton-"):
+        return kernels.KernelOptions(precision=setup.removeprefix("triton-"))
+    return kernels.DEFAULT_OPTIONS
 
 
 def skip_reason(setup: str, device: torch.device) -> str | None:
@@ -64,20 +76,33 @@ def skip_reason(setup: str, device: torch.device) -> str | None:
 
 
 @torch.no_grad()
-def bounds(model: torch.nn.Module, x: torch.Tensor, ids: torch.Tensor, k: int, setup: str,
-           batch_size: int = 100) -> torch.Tensor:
+def bounds(
+    model: torch.nn.Module, x: torch.Tensor, ids: torch.Tensor, k: int, setup: str, batch_size: int = 100
+) -> torch.Tensor:
     """L_k per image [N] (float64) under ``setup``; image ``ids[i]`` keeps its seeded samples in every set-up."""
     if setup == "float64":
         model, x = copy.deepcopy(model).double(), x.double()
     backend = "triton" if setup.startswith("triton") else "torch"
+    options = kernel_options(setup)
     with arithmetic(setup):
-        parts = [iwae_bound(model, x[i:i + batch_size], k, seed=0, index=ids[i:i + batch_size], backend=backend)
-                 for i in range(0, len(x), batch_size)]
+        parts = [
+            iwae_bound(
+                model,
+                x[i : i + batch_size],
+                k,
+                seed=0,
+                index=ids[i : i + batch_size],
+                backend=backend,
+                kernel_options=options,
+            )
+            for i in range(0, len(x), batch_size)
+        ]
     return torch.cat(parts).double().cpu()
 
 
-def measure(name: str, model: torch.nn.Module, x: torch.Tensor, ids: torch.Tensor, k: int,
-            setups: tuple[str, ...] = SETUPS) -> list[dict]:
+def measure(
+    name: str, model: torch.nn.Module, x: torch.Tensor, ids: torch.Tensor, k: int, setups: tuple[str, ...] = SETUPS
+) -> list[dict]:
     """One row per set-up (see the module docstring); ``float64`` is always computed as the reference."""
     device = x.device
     common = {"model": name, "device": str(device), "images": len(x), "k": k}
@@ -95,8 +120,16 @@ def measure(name: str, model: torch.nn.Module, x: torch.Tensor, ids: torch.Tenso
         seconds = time.perf_counter() - start
         reference = values if reference is None else reference  # float64 comes first
         error = values - reference
-        rows.append({**common, "setup": setup, "mean_ll": float(values.mean()), "mean_error": float(error.mean()),
-                     "max_abs_error": float(error.abs().max()), "seconds": seconds})
+        rows.append(
+            {
+                **common,
+                "setup": setup,
+                "mean_ll": float(values.mean()),
+                "mean_error": float(error.mean()),
+                "max_abs_error": float(error.abs().max()),
+                "seconds": seconds,
+            }
+        )
     return rows
 
 
@@ -116,19 +149,20 @@ def main(argv: list[str] | None = None) -> int:
     if args.images < 1 or args.k < 1:
         parser.error("--images and --k must be at least 1")
     device = torch.device(args.device)
+    entries = registry.load_registry()
     rows = []
     for name in args.models:
         try:
-            entry = registry.get(name)
+            entry = registry.get(entries, name)
         except registry.UnknownModelError as err:
             parser.error(str(err))
         if not entry.checkpoint.is_file():
-            parser.error(f"{name} is not trained: run `python run_bench.py train {name}` first")
+            parser.error(f"{name} is not trained: run `vaebench train {name}` first")
         test = entry.load_data(args.data_dir).test
         ids = test_subset(len(test), min(args.images, len(test)))
         model = registry.load(entry).to(device).eval()
         rows += measure(name, model, test[ids].to(device), ids, args.k)
-        print(pd.DataFrame(rows[-len(SETUPS):], columns=COLUMNS).drop(columns=["note"]).to_string(index=False))
+        print(pd.DataFrame(rows[-len(SETUPS) :], columns=COLUMNS).drop(columns=["note"]).to_string(index=False))
     args.out.parent.mkdir(parents=True, exist_ok=True)
     atomic_write_text(args.out, pd.DataFrame(rows, columns=COLUMNS).to_csv(index=False, float_format="%.6g"))
     print(f"written to {args.out}")

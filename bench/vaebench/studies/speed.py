@@ -19,7 +19,8 @@ random weights, in eval mode under ``torch.no_grad``. The comparisons are those 
 
 Every row is per image, so paths timed on different numbers of images compare directly. CSV columns:
 path, device, device_name, torch, threads (torch intra-op threads), images (timed), k, seconds (wall
-time of the timed images: the median over ``--rounds`` interleaved rounds, see :func:`run`), images_per_s, ms_per_image, flops_per_image (k * flops_per_sample: the
+time of the timed images: the median over ``--rounds`` interleaved rounds, see :func:`run`),
+images_per_s, ms_per_image, flops_per_image (k * flops_per_sample: the
 same useful work for every path, whatever a path repeats), achieved_gflops (flops_per_image *
 images / seconds), fraction_of_gemm_peak (achieved / the measured GEMM rate), fraction_of_fp32_peak
 (achieved / the looked-up non-tensor-core float32 peak in ``FP32_PEAK_TFLOPS``; CUDA only),
@@ -28,6 +29,7 @@ ms_per_image / this one's), ratio_to_roofline (this ms_per_image / the roofline'
 max_abs_diff_vs_torch (ours-triton*: the largest |L_K triton - L_K torch| over the images, same
 seeded samples), data, note.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -40,8 +42,8 @@ import platform
 import statistics
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
 import pandas as pd
 import torch
@@ -49,22 +51,42 @@ from torch import nn
 from torch.nn import functional as F
 from tqdm import tqdm
 
+from vaebench.core.estimators import iwae_bound
+from vaebench.core.kernels import KernelOptions, interpreted, triton_problem
+from vaebench.families.vae import VAE, ModelConfig
 from vaebench.protocol.allocator import keep_freed_memory
 from vaebench.protocol.datasets import DataError, load_dataset
-from vaebench.core.estimators import iwae_bound
 from vaebench.protocol.files import atomic_path
-from vaebench.core.kernels import dot_precision, interpreted, triton_problem
-from vaebench.families.vae import VAE, ModelConfig
 
 VAMP_MNIST = ModelConfig(x_dim=784, z_dim=40, hidden=300, depth=2, net="gated", prior="vamp", n_components=500)
 AUTHORS_CHUNK = 100
 GEMM_SHAPE = (5000, 300, 784)
 # Non-tensor-core float32 peaks (TFLOP/s) from the vendors' data sheets; first substring match wins.
 FP32_PEAK_TFLOPS = {"H100 PCIe": 51.2, "H100": 66.9, "H200": 66.9, "A100": 19.5}
-COLUMNS = ["path", "device", "device_name", "torch", "threads", "images", "k", "seconds", "images_per_s",
-           "ms_per_image", "flops_per_image", "achieved_gflops", "fraction_of_gemm_peak", "fraction_of_fp32_peak",
-           "peak_memory_mb", "speedup_vs_per_image_lean", "speedup_vs_authors", "speedup_vs_pythae", "ratio_to_roofline",
-           "max_abs_diff_vs_torch", "data", "note"]
+COLUMNS = [
+    "path",
+    "device",
+    "device_name",
+    "torch",
+    "threads",
+    "images",
+    "k",
+    "seconds",
+    "images_per_s",
+    "ms_per_image",
+    "flops_per_image",
+    "achieved_gflops",
+    "fraction_of_gemm_peak",
+    "fraction_of_fp32_peak",
+    "peak_memory_mb",
+    "speedup_vs_per_image_lean",
+    "speedup_vs_authors",
+    "speedup_vs_pythae",
+    "ratio_to_roofline",
+    "max_abs_diff_vs_torch",
+    "data",
+    "note",
+]
 
 
 def linear_flops(module: nn.Module) -> int:
@@ -179,12 +201,22 @@ def gemm_flops_per_s(device: torch.device, shape: tuple[int, int, int] = GEMM_SH
 @torch.no_grad()
 def ours(model: VAE, x: torch.Tensor, k: int, backend: str, batch_size: int, precision: str = "ieee") -> torch.Tensor:
     """L_k per image [N] with ``iwae_bound`` over batches of ``batch_size`` images, seeded per image; the
-    Triton kernels' products in ``precision`` (``vaebench.core.kernels.dot_precision``)."""
+    Triton kernels' products in ``precision`` (``KernelOptions(precision=...)``), with the committed tiles."""
+    options = KernelOptions(precision=precision)
     out = []
-    with dot_precision(precision):
-        for start in tqdm(range(0, len(x), batch_size), desc=f"ours-{backend}", unit="batch", leave=False):
-            xb = x[start:start + batch_size]
-            out.append(iwae_bound(model, xb, k, seed=0, index=torch.arange(start, start + len(xb)), backend=backend))
+    for start in tqdm(range(0, len(x), batch_size), desc=f"ours-{backend}", unit="batch", leave=False):
+        xb = x[start : start + batch_size]
+        out.append(
+            iwae_bound(
+                model,
+                xb,
+                k,
+                seed=0,
+                index=torch.arange(start, start + len(xb)),
+                backend=backend,
+                kernel_options=options,
+            )
+        )
     return torch.cat(out)
 
 
@@ -197,7 +229,7 @@ def per_image_lean(model: VAE, x: torch.Tensor, k: int, seed: int = 0) -> torch.
     prior = model.prior()
     out = torch.empty(len(x), device=x.device)
     for i in tqdm(range(len(x)), desc="per-image-lean", unit="image", leave=False):
-        xi = x[i:i + 1]
+        xi = x[i : i + 1]
         loc, scale = model.encoder(xi)
         eps = torch.randn(k, loc.shape[1], generator=gen, device=x.device)
         z = loc + scale * eps
@@ -221,7 +253,7 @@ def authors_pattern(model: VAE, x: torch.Tensor, k: int, chunk: int = AUTHORS_CH
     gen = torch.Generator(device=x.device).manual_seed(seed)
     out = torch.empty(len(x), device=x.device)
     for i in tqdm(range(len(x)), desc="authors-pattern", unit="image", leave=False):
-        xs = x[i:i + 1].expand(chunk, -1)
+        xs = x[i : i + 1].expand(chunk, -1)
         parts = []
         for _ in range(k // chunk):
             loc, scale = model.encoder(xs)
@@ -297,8 +329,7 @@ def write_csv(rows: list[dict], path: Path) -> None:
         writer.writerows({c: _format(row.get(c)) for c in COLUMNS} for row in rows)
 
 
-def run(device: torch.device, images: int, k: int, authors_images: int, batch_size: int,
-        rounds: int = 3) -> list[dict]:
+def run(device: torch.device, images: int, k: int, authors_images: int, batch_size: int, rounds: int = 3) -> list[dict]:
     """Time every path on the same images; returns the rows (see the module docstring).
 
     After one warm-up call per path, ``rounds`` rounds each measure the GEMM rate and then time every
@@ -312,12 +343,21 @@ def run(device: torch.device, images: int, k: int, authors_images: int, batch_si
     flops_image = flops_per_sample(model, k) * k
     name = device_name(device)
     peak = fp32_peak(name) if device.type == "cuda" else None
-    common = {"device": device.type, "device_name": name, "torch": torch.__version__,
-              "threads": torch.get_num_threads(), "k": k, "flops_per_image": flops_image, "data": data}
+    common = {
+        "device": device.type,
+        "device_name": name,
+        "torch": torch.__version__,
+        "threads": torch.get_num_threads(),
+        "k": k,
+        "flops_per_image": flops_image,
+        "data": data,
+    }
     batch_size = min(batch_size, images)
     skip_triton = None
     if device.type != "cuda" or interpreted():
-        skip_triton = "skipped: only compiled kernels on CUDA are a speed path (unset TRITON_INTERPRET, use --device cuda)"
+        skip_triton = (
+            "skipped: only compiled kernels on CUDA are a speed path (unset TRITON_INTERPRET, use --device cuda)"
+        )
     elif (problem := triton_problem(device)) is not None:
         skip_triton = f"skipped: {problem}"
     paths: dict[str, tuple[int, Callable[[int], torch.Tensor], str | None]] = {
@@ -345,14 +385,22 @@ def run(device: torch.device, images: int, k: int, authors_images: int, batch_si
         out = {"path": path, "images": n, **common, **extra}
         if secs is not None:
             achieved = flops_image * n / secs
-            out.update(seconds=secs, images_per_s=n / secs, ms_per_image=1e3 * secs / n,
-                       achieved_gflops=achieved / 1e9, fraction_of_gemm_peak=achieved / gemm,
-                       fraction_of_fp32_peak=achieved / peak if peak else None, peak_memory_mb=mem)
+            out.update(
+                seconds=secs,
+                images_per_s=n / secs,
+                ms_per_image=1e3 * secs / n,
+                achieved_gflops=achieved / 1e9,
+                fraction_of_gemm_peak=achieved / gemm,
+                fraction_of_fp32_peak=achieved / peak if peak else None,
+                peak_memory_mb=mem,
+            )
         return out
 
-    notes = {"authors-pattern": f"{k // AUTHORS_CHUNK} chunks of {AUTHORS_CHUNK} samples per image",
-             "pythae-pattern": f"pythae get_nll(batch_size={k}): one chunk of {k} rows per image through the whole "
-                               "model, the image encoded k times, pseudo-inputs re-encoded, [k, C, d] broadcast"}
+    notes = {
+        "authors-pattern": f"{k // AUTHORS_CHUNK} chunks of {AUTHORS_CHUNK} samples per image",
+        "pythae-pattern": f"pythae get_nll(batch_size={k}): one chunk of {k} rows per image through the whole "
+        "model, the image encoded k times, pseudo-inputs re-encoded, [k, C, d] broadcast",
+    }
     rows = []
     for path, (n, _, skipped) in paths.items():
         if skipped:
@@ -363,9 +411,15 @@ def run(device: torch.device, images: int, k: int, authors_images: int, batch_si
             extra["max_abs_diff_vs_torch"] = float((bounds[path].double() - bounds["ours-torch"].double()).abs().max())
         rows.append(row(path, n, statistics.median(seconds[path]), max(memory[path]), **extra))
     m, kk, n = GEMM_SHAPE
-    rows.append(row("roofline", images, flops_image * images / gemm,
-                    note=f"decoder + mixture FLOPs at the measured torch.mm {m}x{kk} by {kk}x{n} float32 rate "
-                         f"(median of {rounds} rounds)"))
+    rows.append(
+        row(
+            "roofline",
+            images,
+            flops_image * images / gemm,
+            note=f"decoder + mixture FLOPs at the measured torch.mm {m}x{kk} by {kk}x{n} float32 rate "
+            f"(median of {rounds} rounds)",
+        )
+    )
 
     reference = {r["path"]: r.get("ms_per_image") for r in rows}
     for r in rows:
@@ -381,13 +435,20 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--device", choices=("cpu", "cuda"), default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--images", type=int, default=20, help="images timed for ours-* and per-image-lean")
-    parser.add_argument("--authors-images", type=int, default=3, help="images timed for the authors' and pythae's patterns")
+    parser.add_argument(
+        "--authors-images", type=int, default=3, help="images timed for the authors' and pythae's patterns"
+    )
     parser.add_argument("--k", type=int, default=5000, help="importance samples; a multiple of 100")
     parser.add_argument("--batch-size", type=int, default=100, help="images per iwae_bound call (ours-*)")
-    parser.add_argument("--rounds", type=int, default=3,
-                        help="interleaved timing rounds; each path's row is the median over rounds")
-    parser.add_argument("--out", type=Path, default=Path("results/kernel_bench.csv"),
-                        help="CSV to write; rows of other devices already in it are kept")
+    parser.add_argument(
+        "--rounds", type=int, default=3, help="interleaved timing rounds; each path's row is the median over rounds"
+    )
+    parser.add_argument(
+        "--out",
+        type=Path,
+        default=Path("results/kernel_bench.csv"),
+        help="CSV to write; rows of other devices already in it are kept",
+    )
     args = parser.parse_args(argv)
     if args.device == "cuda" and not torch.cuda.is_available():
         parser.error("--device cuda: no CUDA device here; use --device cpu")
