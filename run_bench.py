@@ -2,6 +2,7 @@
 
 The same as the ``vaebench`` command that ``pip install .`` provides.
 """
+
 import sys
 from pathlib import Path
 

@@ -1,4 +1,5 @@
 """Models whose answers are known exactly, written against the interface only (no project classes)."""
+
 from __future__ import annotations
 
 import math
@@ -15,8 +16,16 @@ class PPCA:
     ``scale_factor`` turn q into a deliberately wrong diagonal Gaussian.
     """
 
-    def __init__(self, dim_x: int = 6, dim_z: int = 3, sigma: float = 0.5, seed: int = 0,
-                 mean_shift: float = 0.0, scale_factor: float = 1.0, dtype=torch.float64):
+    def __init__(
+        self,
+        dim_x: int = 6,
+        dim_z: int = 3,
+        sigma: float = 0.5,
+        seed: int = 0,
+        mean_shift: float = 0.0,
+        scale_factor: float = 1.0,
+        dtype=torch.float64,
+    ):
         gen = torch.Generator().manual_seed(seed)
         basis, _ = torch.linalg.qr(torch.randn(dim_x, dim_z, generator=gen, dtype=dtype))
         self.W = basis * torch.linspace(0.8, 2.0, dim_z, dtype=dtype)

@@ -1,4 +1,5 @@
 """Loaders on small files written here in each dataset's real format, and their errors."""
+
 import json
 import os
 import struct
@@ -26,8 +27,11 @@ def write_amat(path: Path, x: np.ndarray) -> None:
 def write_idx(path: Path, array: np.ndarray, magic: int | None = None) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     magic = magic if magic is not None else 0x0800 + array.ndim
-    path.write_bytes(struct.pack(">I", magic) + b"".join(struct.pack(">I", n) for n in array.shape)
-                     + array.astype(np.uint8).tobytes())
+    path.write_bytes(
+        struct.pack(">I", magic)
+        + b"".join(struct.pack(">I", n) for n in array.shape)
+        + array.astype(np.uint8).tobytes()
+    )
 
 
 def fake_mnist(root: Path, folder: str = "MNIST", n_train: int = 50, n_test: int = 20, seed: int = 0) -> None:
@@ -143,7 +147,9 @@ def test_unknown_dataset_and_bad_data():
         check_binary(torch.zeros(0, 3))
 
 
-@pytest.mark.skipif(SHARED is None or not (SHARED / "BinarizedMNIST").is_dir(), reason="no VAEBENCH_DATA with the real files")
+@pytest.mark.skipif(
+    SHARED is None or not (SHARED / "BinarizedMNIST").is_dir(), reason="no VAEBENCH_DATA with the real files"
+)
 def test_real_binarized_mnist():
     data = load_dataset("binarized-mnist", SHARED)
     assert (data.train.shape, data.valid.shape, data.test.shape) == ((50000, 784), (10000, 784), (10000, 784))

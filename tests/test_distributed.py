@@ -1,10 +1,11 @@
 """Sharding the protocol over 2 CPU processes (gloo) gives exactly the single-process numbers."""
+
 import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
 
-from vaebench.protocol.evaluate import per_example_bounds
 from vaebench.families.vae import ModelConfig, build_model
+from vaebench.protocol.evaluate import per_example_bounds
 
 KS = (1, 5, 20)
 

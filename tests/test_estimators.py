@@ -3,15 +3,16 @@
 Tolerances are 4 Monte Carlo standard errors, estimated from the same log-weights with the delta
 method: for r = w / p(x), Var(L_K) ~ Var(r) / K and E L_K - log p(x) ~ -Var(r) / (2K).
 """
+
 import math
 
 import pytest
 import torch
 from torch.distributions import Independent, MultivariateNormal, Normal
 
-from vaebench.core.noise import NOISE_BLOCK
-from vaebench.core.estimators import NonFiniteLogWeight, elbo, iwae_bound, iwae_bounds, log_weights
 from tests.closed_form import PPCA
+from vaebench.core.estimators import NonFiniteLogWeight, elbo, iwae_bound, iwae_bounds, log_weights
+from vaebench.core.noise import NOISE_BLOCK
 
 Z = 4.0  # standard errors allowed: a false alarm about once in 16,000 runs
 
@@ -39,7 +40,7 @@ def test_elbo_with_analytic_kl_is_log_marginal_at_exact_posterior():
     reconstruction = model.likelihood(model.posterior(x).sample((n,))).log_prob(x)
     se = reconstruction.std(0) / math.sqrt(n)
     error = elbo(model, x, n_samples=n, seed=0) - model.log_marginal(x)
-    assert (error.abs() < Z * se).all(), (error / se)
+    assert (error.abs() < Z * se).all(), error / se
 
 
 def test_exact_posterior_float32_to_float_precision():
@@ -117,8 +118,10 @@ def test_seeded_bound_independent_of_batch_and_chunk(wrong_q, batch, chunk):
     """Seeded chunks are whole noise blocks of 500: chunks of 1500, 1000 + 500 and 3 x 500 samples."""
     model, x = wrong_q
     reference = iwae_bound(model, x, 1500, seed=5, chunk_size=1500)
-    pieces = [iwae_bound(model, x[i:i + batch], 1500, chunk, seed=5, index=torch.arange(i, min(i + batch, len(x))))
-              for i in range(0, len(x), batch)]
+    pieces = [
+        iwae_bound(model, x[i : i + batch], 1500, chunk, seed=5, index=torch.arange(i, min(i + batch, len(x))))
+        for i in range(0, len(x), batch)
+    ]
     torch.testing.assert_close(torch.cat(pieces), reference, rtol=0, atol=1e-10)
 
 

@@ -1,15 +1,16 @@
 """Active units, ELBO surgery and q_EW sampling against exactly known answers."""
+
 import math
 
 import numpy as np
 import pytest
 import torch
 from scipy import integrate, stats
-from torch.distributions import Independent, MixtureSameFamily, Categorical, Normal
+from torch.distributions import Categorical, Independent, MixtureSameFamily, Normal
 
+from tests.closed_form import PPCA, TablePosteriors
 from vaebench.core.metrics import active_units, elbo_surgery, qew_samples
 from vaebench.core.mixture import DiagonalGaussianMixture, mixture_log_prob
-from tests.closed_form import PPCA, TablePosteriors
 
 Z = 4.0
 
@@ -63,8 +64,12 @@ def _quadrature(loc, scale):
     p = stats.norm(0, 1)
     points = sorted(loc)
     marginal = integrate.quad(lambda z: q(z) * (np.log(q(z)) - p.logpdf(z)), -12, 12, points=points, limit=200)[0]
-    mi = np.mean([integrate.quad(lambda z, d=d: d.pdf(z) * (d.logpdf(z) - np.log(q(z))), -12, 12,
-                                 points=points, limit=200)[0] for d in q_i])
+    mi = np.mean(
+        [
+            integrate.quad(lambda z, d=d: d.pdf(z) * (d.logpdf(z) - np.log(q(z))), -12, 12, points=points, limit=200)[0]
+            for d in q_i
+        ]
+    )
     avg_kl = np.mean(0.5 * (scale**2 + loc**2 - 1) - np.log(scale))
     return avg_kl, mi, marginal
 
@@ -92,8 +97,10 @@ def test_elbo_surgery_identity_and_bounds_in_many_dimensions():
 def test_elbo_surgery_rejects_non_gaussian_posterior():
     class Mixed(LinearMeans):
         def posterior(self, x):
-            return MixtureSameFamily(Categorical(logits=torch.zeros(len(x), 2, dtype=torch.float64)),
-                                     Independent(Normal(x[:, None].expand(-1, 2, -1), 1.0), 1))
+            return MixtureSameFamily(
+                Categorical(logits=torch.zeros(len(x), 2, dtype=torch.float64)),
+                Independent(Normal(x[:, None].expand(-1, 2, -1), 1.0), 1),
+            )
 
     with pytest.raises(TypeError, match="diagonal Gaussian posterior"):
         elbo_surgery(Mixed([1.0]), torch.zeros(3, 1, dtype=torch.float64))

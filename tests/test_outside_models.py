@@ -48,8 +48,14 @@ def no_interface():
 
 
 def run_bench(*args: str, cwd: Path = ROOT) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, str(ROOT / "run_bench.py"), *args], capture_output=True, text=True,
-                          timeout=600, cwd=cwd, check=False)
+    return subprocess.run(
+        [sys.executable, str(ROOT / "run_bench.py"), *args],
+        capture_output=True,
+        text=True,
+        timeout=600,
+        cwd=cwd,
+        check=False,
+    )
 
 
 @pytest.fixture(scope="module")
@@ -67,8 +73,9 @@ def outside(tmp_path_factory) -> Path:
         sys.path.remove(str(folder))
     torch.manual_seed(0)
     torch.save({"model": my_vae.build(z_dim=3, hidden=16).state_dict()}, folder / "checkpoint.pt")
-    (folder / "entry.toml").write_text('name = "mine"\ndataset = "digits"\n\n[model]\nfactory = "my_vae.py:build"\n'
-                                       "z_dim = 3\nhidden = 16\n")
+    (folder / "entry.toml").write_text(
+        'name = "mine"\ndataset = "digits"\n\n[model]\nfactory = "my_vae.py:build"\nz_dim = 3\nhidden = 16\n'
+    )
     return root
 
 
@@ -110,8 +117,22 @@ def test_changing_the_factory_code_invalidates_the_stored_record(outside, tmp_pa
 def test_one_off_form_and_python_api_agree(outside, tmp_path):
     folder = outside / "reg" / "mine"
     out = tmp_path / "results"
-    ran = run_bench("eval", "--model", "my_vae.py:build", "--checkpoint", str(folder / "checkpoint.pt"),
-                    "--dataset", "digits", "--name", "oneoff", "--k", "50", "--out", str(out), cwd=folder)
+    ran = run_bench(
+        "eval",
+        "--model",
+        "my_vae.py:build",
+        "--checkpoint",
+        str(folder / "checkpoint.pt"),
+        "--dataset",
+        "digits",
+        "--name",
+        "oneoff",
+        "--k",
+        "50",
+        "--out",
+        str(out),
+        cwd=folder,
+    )
     assert ran.returncode == 0, ran.stderr
     stored = json.loads((out / "records" / "oneoff.json").read_text())["record"]
     assert run_bench("report", "--out", str(out)).returncode == 0
@@ -127,19 +148,34 @@ def test_one_off_form_and_python_api_agree(outside, tmp_path):
     assert list(per_example.columns) == ["L_50", "elbo"]
 
 
-@pytest.mark.parametrize("factory,message", [
-    ("my_vae.py:no_interface", "returned a Linear without posterior, prior, likelihood"),
-    ("my_vae.py:missing", "has no function 'missing'"),
-    ("nowhere.py:build", "no file .*nowhere.py"),
-    ("broken.py:build", r"could not be imported \(SyntaxError"),
-    ("not_a_module_xyz:build", r"could not be imported \(ModuleNotFoundError"),
-    ("my_vae.py", "write 'package.module:function'"),
-])
+@pytest.mark.parametrize(
+    "factory,message",
+    [
+        ("my_vae.py:no_interface", "returned a Linear without posterior, prior, likelihood"),
+        ("my_vae.py:missing", "has no function 'missing'"),
+        ("nowhere.py:build", "no file .*nowhere.py"),
+        ("broken.py:build", r"could not be imported \(SyntaxError"),
+        ("not_a_module_xyz:build", r"could not be imported \(ModuleNotFoundError"),
+        ("my_vae.py", "write 'package.module:function'"),
+    ],
+)
 def test_bad_factories_are_named(outside, factory, message):
     folder = outside / "reg" / "mine"
     (folder / "broken.py").write_text("def build(:\n")
-    ran = run_bench("eval", "--model", factory, "--checkpoint", str(folder / "checkpoint.pt"), "--dataset", "digits",
-                    "--k", "5", "--out", str(outside / "never"), cwd=folder)
+    ran = run_bench(
+        "eval",
+        "--model",
+        factory,
+        "--checkpoint",
+        str(folder / "checkpoint.pt"),
+        "--dataset",
+        "digits",
+        "--k",
+        "5",
+        "--out",
+        str(outside / "never"),
+        cwd=folder,
+    )
     assert ran.returncode == 2 and "Traceback" not in ran.stderr
     assert pytest.importorskip("re").search(message, ran.stderr), ran.stderr
     assert not (outside / "never" / "records").exists()  # nothing written
@@ -152,19 +188,35 @@ def test_a_checkpoint_that_does_not_fit_names_keys_and_shapes(outside, tmp_path)
     del state["enc.0.bias"]
     state["extra"] = torch.zeros(1)
     torch.save(state, tmp_path / "bad.pt")  # a bare state_dict is accepted as a checkpoint form
-    ran = run_bench("eval", "--model", "my_vae.py:build", "--checkpoint", str(tmp_path / "bad.pt"),
-                    "--dataset", "digits", "--k", "5", "--out", str(tmp_path / "out"), cwd=folder)
+    ran = run_bench(
+        "eval",
+        "--model",
+        "my_vae.py:build",
+        "--checkpoint",
+        str(tmp_path / "bad.pt"),
+        "--dataset",
+        "digits",
+        "--k",
+        "5",
+        "--out",
+        str(tmp_path / "out"),
+        cwd=folder,
+    )
     assert ran.returncode == 2 and "Traceback" not in ran.stderr
     for part in ("missing: enc.0.bias", "unexpected: extra", "shape: dec.2.weight (64, 2) (model (64, 16))"):
         assert part in ran.stderr
 
 
-@pytest.mark.parametrize("args,message", [
-    (["--dataset", "cifar"], "--dataset 'cifar': unknown; known: binarized-mnist"),
-    ([], "a one-off model needs --model FILE.py:FUNCTION --checkpoint FILE --dataset NAME"),
-])
+@pytest.mark.parametrize(
+    "args,message",
+    [
+        (["--dataset", "cifar"], "--dataset 'cifar': unknown; known: binarized-mnist"),
+        ([], "a one-off model needs --model FILE.py:FUNCTION --checkpoint FILE --dataset NAME"),
+    ],
+)
 def test_one_off_usage_errors(outside, args, message):
     folder = outside / "reg" / "mine"
-    ran = run_bench("eval", "--model", "my_vae.py:build", "--checkpoint", str(folder / "checkpoint.pt"), *args,
-                    cwd=folder)
+    ran = run_bench(
+        "eval", "--model", "my_vae.py:build", "--checkpoint", str(folder / "checkpoint.pt"), *args, cwd=folder
+    )
     assert ran.returncode == 2 and message in ran.stderr and "Traceback" not in ran.stderr

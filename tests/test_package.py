@@ -25,8 +25,20 @@ def test_installed_command_works_from_another_folder_beside_a_users_models_packa
     python = env / "bin" / "python"
     site = run(str(python), "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])", cwd=tmp_path)
     Path(site.stdout.strip(), "test-env.pth").write_text(sysconfig.get_paths()["purelib"] + "\n")
-    installed = run(sys.executable, "-m", "pip", "--python", str(python), "install", "--no-deps",
-                    "--no-build-isolation", "--no-index", "-q", str(ROOT), cwd=tmp_path)
+    installed = run(
+        sys.executable,
+        "-m",
+        "pip",
+        "--python",
+        str(python),
+        "install",
+        "--no-deps",
+        "--no-build-isolation",
+        "--no-index",
+        "-q",
+        str(ROOT),
+        cwd=tmp_path,
+    )
     assert installed.returncode == 0, installed.stderr
     user = tmp_path / "user"
     for package in ("models", "bench"):
@@ -37,13 +49,17 @@ def test_installed_command_works_from_another_folder_beside_a_users_models_packa
     listed = run(str(command), "list", cwd=user)
     assert listed.returncode == 0 and "vae-vampprior" in listed.stdout, listed.stderr
     assert str(ROOT) not in listed.stdout  # the built-in registry comes from the installed package
-    evaluated = run(str(command), "eval", "digits-standard", "--k", "20", "--n-test", "30", "--out", "mine",
-                    cwd=user)
+    evaluated = run(str(command), "eval", "digits-standard", "--k", "20", "--n-test", "30", "--out", "mine", cwd=user)
     assert evaluated.returncode == 0, evaluated.stderr
     assert (user / "mine" / "records" / "digits-standard.json").is_file()
-    side_by_side = run(str(python), "-c", "import models, bench, vaebench, vaebench.cli; "
-                                          "print(models.WHO, bench.WHO, vaebench.evaluate.__name__); "
-                                          "vaebench.cli.main(['list'])", cwd=user)
+    side_by_side = run(
+        str(python),
+        "-c",
+        "import models, bench, vaebench, vaebench.cli; "
+        "print(models.WHO, bench.WHO, vaebench.evaluate.__name__); "
+        "vaebench.cli.main(['list'])",
+        cwd=user,
+    )
     assert side_by_side.returncode == 0, side_by_side.stderr
     assert "the user's own models the user's own bench evaluate" in side_by_side.stdout
     assert "digits-standard" in side_by_side.stdout

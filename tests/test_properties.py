@@ -1,4 +1,5 @@
 """Property-based tests of the IWAE bound over shapes, k and extreme but finite log-weights."""
+
 import itertools
 import math
 
@@ -17,7 +18,7 @@ class FixedWeights:
         self.lw, self.used = lw, 0
 
     def log_weights(self, x, k):
-        rows = self.lw[self.used:self.used + k]
+        rows = self.lw[self.used : self.used + k]
         self.used += k
         return rows
 
@@ -28,8 +29,13 @@ class FixedWeights:
 
 
 def weights(min_k=1, max_k=64, max_b=5):
-    return st.tuples(st.integers(min_k, max_k), st.integers(1, max_b), st.integers(0, 2**31 - 1),
-                     st.floats(1e-3, 300.0), st.floats(-1e4, 1e4))
+    return st.tuples(
+        st.integers(min_k, max_k),
+        st.integers(1, max_b),
+        st.integers(0, 2**31 - 1),
+        st.floats(1e-3, 300.0),
+        st.floats(-1e4, 1e4),
+    )
 
 
 def _make(k, b, seed, spread, offset):

@@ -105,13 +105,16 @@ def test_gated_layer_is_value_times_sigmoid_gate():
     assert set(layer.state_dict()) == {"value.weight", "value.bias", "gate.weight", "gate.bias"}
 
 
-@pytest.mark.parametrize("argv,device,data_dir", [
-    ([], "auto", None),
-    (["--device", "cpu", "eval"], "cpu", None),
-    (["eval", "--device", "cpu", "--data-dir", "d"], "cpu", "d"),
-    (["--device", "cuda", "--data-dir", "d", "check", "--device", "cpu"], "cpu", "d"),
-    (["list"], "auto", None),
-])
+@pytest.mark.parametrize(
+    "argv,device,data_dir",
+    [
+        ([], "auto", None),
+        (["--device", "cpu", "eval"], "cpu", None),
+        (["eval", "--device", "cpu", "--data-dir", "d"], "cpu", "d"),
+        (["--device", "cuda", "--data-dir", "d", "check", "--device", "cpu"], "cpu", "d"),
+        (["list"], "auto", None),
+    ],
+)
 def test_device_and_data_dir_go_before_or_after_the_subcommand(argv, device, data_dir):
     args = cli.parser().parse_args(argv)
     assert (args.device, args.data_dir) == (device, data_dir)
@@ -127,8 +130,9 @@ def test_code_version_ignores_what_training_and_evaluation_write(tmp_path, monke
     """Both the git id and the source hash; the hash works without git too."""
 
     def git(*args: str) -> None:
-        subprocess.run(["git", "-c", "user.name=t", "-c", "user.email=t@t", *args], cwd=tmp_path, check=True,
-                       capture_output=True)
+        subprocess.run(
+            ["git", "-c", "user.name=t", "-c", "user.email=t@t", *args], cwd=tmp_path, check=True, capture_output=True
+        )
 
     package = tmp_path / "bench" / "vaebench"
     for name in ("models/m/checkpoint.pt", "results/metrics.csv", "bench/vaebench/code.py"):
@@ -152,17 +156,21 @@ def test_code_version_ignores_what_training_and_evaluation_write(tmp_path, monke
 
 # --- bad entry files -------------------------------------------------------------------------------------------
 
-@pytest.mark.parametrize("edit,message", [
-    (lambda t: t.replace('dataset = "digits"', 'dataset = "cifar"'), r"line 3: unknown dataset 'cifar'; known: "),
-    (lambda t: t.replace("z_dim = 4", 'z_dim = "four"'), r"line 9: \[model\] z_dim = 'four' should be of type int"),
-    (lambda t: t.replace("z_dim = 4", "z_size = 4"), r"line 9: unknown key 'z_size' in \[model\]"),
-    (lambda t: t.replace("[train]", "[train"), r"not valid TOML \(.*line"),
-    (lambda t: t.replace('family = "vae"', 'family = "gan"'), r"line 7: \[model\] needs family = \"vae\""),
-    (lambda t: t.replace('family = "vae"', 'factory = "no_colon"'), r"factory = 'no_colon': write"),
-    (lambda t: t.replace('name = "bad"', 'name = "a b"'), r"name = 'a b'"),
-    (lambda t: t.replace('section = "tiny"', 'section = "main"'), r"section = 'main'"),
-    (lambda t: t + "\n[[published]]\npaper = 'p'\n", r"\[\[published\]\]"),
-])
+
+@pytest.mark.parametrize(
+    "edit,message",
+    [
+        (lambda t: t.replace('dataset = "digits"', 'dataset = "cifar"'), r"line 3: unknown dataset 'cifar'; known: "),
+        (lambda t: t.replace("z_dim = 4", 'z_dim = "four"'), r"line 9: \[model\] z_dim = 'four' should be of type int"),
+        (lambda t: t.replace("z_dim = 4", "z_size = 4"), r"line 9: unknown key 'z_size' in \[model\]"),
+        (lambda t: t.replace("[train]", "[train"), r"not valid TOML \(.*line"),
+        (lambda t: t.replace('family = "vae"', 'family = "gan"'), r"line 7: \[model\] needs family = \"vae\""),
+        (lambda t: t.replace('family = "vae"', 'factory = "no_colon"'), r"factory = 'no_colon': write"),
+        (lambda t: t.replace('name = "bad"', 'name = "a b"'), r"name = 'a b'"),
+        (lambda t: t.replace('section = "tiny"', 'section = "main"'), r"section = 'main'"),
+        (lambda t: t + "\n[[published]]\npaper = 'p'\n", r"\[\[published\]\]"),
+    ],
+)
 def test_a_bad_entry_file_is_named_with_its_line(tmp_path, edit, message):
     folder = copy_entry("digits-standard", tmp_path, "bad")
     path = folder / "entry.toml"

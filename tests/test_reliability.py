@@ -1,4 +1,5 @@
 """Bad input gives a clear error and a non-zero exit; interruptions and reruns give the same numbers."""
+
 import json
 import os
 import signal
@@ -31,11 +32,18 @@ def entry_at(tmp_path: Path, checkpoint: Path, name: str = TINY) -> registry.Ent
 
 
 def run_bench(*args: str, timeout: float = 300) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, str(ROOT / "run_bench.py"), *args], capture_output=True, text=True,
-                          timeout=timeout, cwd=ROOT, check=False)
+    return subprocess.run(
+        [sys.executable, str(ROOT / "run_bench.py"), *args],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        cwd=ROOT,
+        check=False,
+    )
 
 
 # --- registry and checkpoints ------------------------------------------------------------------
+
 
 def test_unknown_model_suggests_close_names():
     with pytest.raises(KeyError, match="did you mean digits-vampprior"):
@@ -75,11 +83,18 @@ def test_training_state_of_another_architecture_is_a_clear_error(tmp_path):
     data.train, data.valid = data.train[:100], data.valid[:50]
     cfg = TrainConfig(lr=3e-3, batch_size=50, warmup_epochs=1, max_epochs=2, patience=10, seed=5)
     config = ModelConfig(x_dim=64, z_dim=3, hidden=16, depth=1)
-    train(lambda: build_model(config), data, cfg, tmp_path / "state.pt", tmp_path / "best.pt", {"name": "t"},
-          max_epochs=1)
+    train(
+        lambda: build_model(config), data, cfg, tmp_path / "state.pt", tmp_path / "best.pt", {"name": "t"}, max_epochs=1
+    )
     with pytest.raises(CheckpointError, match="state.pt does not match this model"):
-        train(lambda: build_model(replace(config, hidden=8)), data, cfg, tmp_path / "state.pt", tmp_path / "best.pt",
-              {"name": "t"})
+        train(
+            lambda: build_model(replace(config, hidden=8)),
+            data,
+            cfg,
+            tmp_path / "state.pt",
+            tmp_path / "best.pt",
+            {"name": "t"},
+        )
 
 
 def test_truncated_checkpoint_is_a_clear_error(tmp_path):
@@ -127,25 +142,31 @@ def test_damaged_pickle_in_a_valid_archive_is_called_corrupt_not_unsafe(tmp_path
 
 # --- command line ------------------------------------------------------------------------------
 
-@pytest.mark.parametrize("args,message", [
-    (["eval", TINY, "--k", "0"], "--k 0: use 1..1,000,000"),
-    (["eval", TINY, "--k", str(10**12)], "--k 1,000,000,000,000: use 1..1,000,000"),
-    (["eval", TINY, "--n-test", "301"], "--n-test 301: digits-vampprior's test set (digits) has 300 points"),
-    (["--device", "cuda:7", "eval", TINY], "--device cuda:7: no such CUDA device"),
-    (["--device", "gpu", "eval", TINY], "--device 'gpu' is not a device name"),
-    (["eval", TINY, "--seed", "-1"], "--seed -1: use 0..8,388,607"),
-    (["eval", TINY, "--seed", "8388608"], "--seed 8,388,608: use 0..8,388,607"),
-    (["eval", TINY, "--batch-size", "0"], "--batch-size 0: use 1..100,000"),
-    (["eval", TINY, "--surgery-samples", "0"], "--surgery-samples 0: use 1..1,000,000"),
-    (["eval", TINY, "--surgery-samples", str(10**13)], "--surgery-samples 10,000,000,000,000: use 1..1,000,000"),
-    (["eval", TINY, "--chunk-size", "0"], "--chunk-size 0: use 1 or more"),
-    (["train", TINY, "--max-epochs", "0"], "--max-epochs 0: train at least one epoch"),
-    (["eval", TINY, "--checkpoint", "x.pt"], "--checkpoint go with --model FILE.py:FUNCTION"),
-    (["eval", TINY, "--model", "m.py:f", "--checkpoint", "nowhere.pt", "--dataset", "digits"],
-     "--checkpoint nowhere.pt: no such file"),
-    (["--registry", "/nonexistent/registry", "list"], "registry folder /nonexistent/registry does not exist"),
-    (["compare", TINY], "two or more"),
-])
+
+@pytest.mark.parametrize(
+    "args,message",
+    [
+        (["eval", TINY, "--k", "0"], "--k 0: use 1..1,000,000"),
+        (["eval", TINY, "--k", str(10**12)], "--k 1,000,000,000,000: use 1..1,000,000"),
+        (["eval", TINY, "--n-test", "301"], "--n-test 301: digits-vampprior's test set (digits) has 300 points"),
+        (["--device", "cuda:7", "eval", TINY], "--device cuda:7: no such CUDA device"),
+        (["--device", "gpu", "eval", TINY], "--device 'gpu' is not a device name"),
+        (["eval", TINY, "--seed", "-1"], "--seed -1: use 0..8,388,607"),
+        (["eval", TINY, "--seed", "8388608"], "--seed 8,388,608: use 0..8,388,607"),
+        (["eval", TINY, "--batch-size", "0"], "--batch-size 0: use 1..100,000"),
+        (["eval", TINY, "--surgery-samples", "0"], "--surgery-samples 0: use 1..1,000,000"),
+        (["eval", TINY, "--surgery-samples", str(10**13)], "--surgery-samples 10,000,000,000,000: use 1..1,000,000"),
+        (["eval", TINY, "--chunk-size", "0"], "--chunk-size 0: use 1 or more"),
+        (["train", TINY, "--max-epochs", "0"], "--max-epochs 0: train at least one epoch"),
+        (["eval", TINY, "--checkpoint", "x.pt"], "--checkpoint go with --model FILE.py:FUNCTION"),
+        (
+            ["eval", TINY, "--model", "m.py:f", "--checkpoint", "nowhere.pt", "--dataset", "digits"],
+            "--checkpoint nowhere.pt: no such file",
+        ),
+        (["--registry", "/nonexistent/registry", "list"], "registry folder /nonexistent/registry does not exist"),
+        (["compare", TINY], "two or more"),
+    ],
+)
 def test_cli_rejects_bad_options(tmp_path, args, message):
     result = run_bench(*args, *(["--out", str(tmp_path)] if "eval" in args else []))
     assert result.returncode == 2, result.stderr
@@ -163,8 +184,19 @@ def test_checkpoint_with_nan_weights_is_refused(tmp_path):
 
 def test_check_update_keeps_other_models(tmp_path):
     path = tmp_path / "baseline.csv"
-    pd.DataFrame([{"model": "other", "metric": "L_1", "value": -1.0, "se": 0.1, "k": 100, "n_test": 200,
-                   "checkpoint_sha256": "abc"}]).to_csv(path, index=False)
+    pd.DataFrame(
+        [
+            {
+                "model": "other",
+                "metric": "L_1",
+                "value": -1.0,
+                "se": 0.1,
+                "k": 100,
+                "n_test": 200,
+                "checkpoint_sha256": "abc",
+            }
+        ]
+    ).to_csv(path, index=False)
     assert run_bench("check", "--update", TINY, "--baseline", str(path)).returncode == 0
     assert set(pd.read_csv(path).model) == {"other", TINY}
 
@@ -212,6 +244,7 @@ def test_non_binary_test_data_is_refused():
 
 # --- interruptions and determinism -------------------------------------------------------------
 
+
 def _values(out: Path) -> pd.DataFrame:
     frame = pd.read_csv(out / "metrics.csv")
     return frame.drop(columns=["wall_time_s", "code_version", "source_sha256"])
@@ -227,9 +260,13 @@ def test_killed_evaluation_resumes_to_the_same_numbers(tmp_path, sig):
     previous = out / "metrics.csv"
     previous.write_text("model,log_likelihood\nearlier,-1.0\n")
     # default SIGINT handling even where pytest itself was started in the background (which ignores it)
-    proc = subprocess.Popen([sys.executable, str(ROOT / "run_bench.py"), *args, "--out", str(out)], cwd=ROOT,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
+    proc = subprocess.Popen(
+        [sys.executable, str(ROOT / "run_bench.py"), *args, "--out", str(out)],
+        cwd=ROOT,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
+    )
     progress = out / ".cache"
     deadline = time.time() + 120
     while time.time() < deadline and not any(progress.glob("*.progress.pt")):
@@ -250,7 +287,10 @@ def test_killed_evaluation_resumes_to_the_same_numbers(tmp_path, sig):
 def test_same_command_same_numbers_and_batch_size_does_not_matter(tmp_path):
     a, b = tmp_path / "a", tmp_path / "b"
     assert run_bench("eval", TINY, "--k", "500", "--out", str(a)).returncode == 0
-    assert run_bench("eval", TINY, "--k", "500", "--out", str(b), "--batch-size", "7", "--chunk-size", "50").returncode == 0
+    assert (
+        run_bench("eval", TINY, "--k", "500", "--out", str(b), "--batch-size", "7", "--chunk-size", "50").returncode
+        == 0
+    )
     pd.testing.assert_frame_equal(_values(a), _values(b))
     per_a = pd.read_csv(a / "per_example" / f"{TINY}.csv.gz")
     per_b = pd.read_csv(b / "per_example" / f"{TINY}.csv.gz")
@@ -277,8 +317,15 @@ def test_interrupted_training_gives_the_same_weights(tmp_path):
 
     def run(folder: Path, steps: list[int]) -> dict:
         for n in steps:
-            train(lambda: build_model(config), data, cfg, folder / "state.pt", folder / "best.pt", {"name": "t"},
-                  max_epochs=n)
+            train(
+                lambda: build_model(config),
+                data,
+                cfg,
+                folder / "state.pt",
+                folder / "best.pt",
+                {"name": "t"},
+                max_epochs=n,
+            )
         return load_state(folder / "state.pt")
 
     straight, resumed = run(tmp_path / "a", [4]), run(tmp_path / "b", [1, 2, 1])
@@ -314,6 +361,7 @@ def test_triton_backend_with_cpu_tensors_names_the_fix(monkeypatch):
 
 # --- round two of the attacks: partial state keyed by everything, damaged results and baselines ---------------
 
+
 def test_resuming_after_a_data_change_does_not_mix_two_data_sets(tmp_path):
     """The progress file is keyed by the data (and the code): batches of the old data are not reused."""
     model, data = registry.load(ENTRIES[TINY]), load_dataset("digits")
@@ -348,16 +396,23 @@ def test_temporary_and_foreign_files_among_records_are_skipped(tmp_path):
     assert pd.read_csv(out / "metrics.csv").model.tolist() == [TINY]
 
 
-@pytest.mark.parametrize("damage,message", [
-    (lambda p: p.write_bytes(b"\xff\xfe\x00garbage"), "UnicodeDecodeError"),
-    (lambda p: p.write_text('{"key": {}, "record": 5}'), "a record is a JSON object, not int"),
-    (lambda p: p.write_text(p.read_text().replace('"log_likelihood": -', '"log_likelihood": "x", "was": -')),
-     "field 'log_likelihood' = 'x' is not a float"),
-    (lambda p: p.write_text('{"key": {}, "record": {}}'), "missing field 'model'"),
-    (lambda p: p.write_text(p.read_text()[:100]), "JSONDecodeError"),
-    (lambda p: p.write_text(p.read_text().replace('"model": "digits-vampprior"', '"model": ""')),
-     "field 'model' is empty"),
-])
+@pytest.mark.parametrize(
+    "damage,message",
+    [
+        (lambda p: p.write_bytes(b"\xff\xfe\x00garbage"), "UnicodeDecodeError"),
+        (lambda p: p.write_text('{"key": {}, "record": 5}'), "a record is a JSON object, not int"),
+        (
+            lambda p: p.write_text(p.read_text().replace('"log_likelihood": -', '"log_likelihood": "x", "was": -')),
+            "field 'log_likelihood' = 'x' is not a float",
+        ),
+        (lambda p: p.write_text('{"key": {}, "record": {}}'), "missing field 'model'"),
+        (lambda p: p.write_text(p.read_text()[:100]), "JSONDecodeError"),
+        (
+            lambda p: p.write_text(p.read_text().replace('"model": "digits-vampprior"', '"model": ""')),
+            "field 'model' is empty",
+        ),
+    ],
+)
 def test_a_damaged_record_is_named_not_a_traceback(tmp_path, damage, message):
     out = tmp_path / "out"
     assert run_bench("eval", TINY, "--k", "20", "--n-test", "30", "--out", str(out)).returncode == 0
@@ -375,14 +430,17 @@ def _baseline(tmp_path: Path) -> Path:
     return path
 
 
-@pytest.mark.parametrize("damage,code,message", [
-    (lambda f: f.iloc[1:], 1, "log_likelihood"),  # a deleted row: the metric is not compared any more
-    (lambda f: f.assign(model="gone"), 1, "not in the baseline"),  # all of a model's rows
-    (lambda f: f.assign(se=float("inf")), 2, "not a finite number"),
-    (lambda f: f.assign(value=float("nan")), 2, "not a finite number"),
-    (lambda f: f.drop(columns=["se"]), 2, "lacks the columns se"),
-    (lambda f: f.iloc[:0], 2, "has no rows"),
-])
+@pytest.mark.parametrize(
+    "damage,code,message",
+    [
+        (lambda f: f.iloc[1:], 1, "log_likelihood"),  # a deleted row: the metric is not compared any more
+        (lambda f: f.assign(model="gone"), 1, "not in the baseline"),  # all of a model's rows
+        (lambda f: f.assign(se=float("inf")), 2, "not a finite number"),
+        (lambda f: f.assign(value=float("nan")), 2, "not a finite number"),
+        (lambda f: f.drop(columns=["se"]), 2, "lacks the columns se"),
+        (lambda f: f.iloc[:0], 2, "has no rows"),
+    ],
+)
 def test_check_fails_on_a_damaged_baseline(tmp_path, damage, code, message):
     path = _baseline(tmp_path)
     damage(pd.read_csv(path)).to_csv(path, index=False)
@@ -431,9 +489,26 @@ def test_a_full_disk_gives_one_line_and_keeps_earlier_results(tmp_path, monkeypa
 
 def test_concurrent_evaluations_keep_every_row(tmp_path):
     out = tmp_path / "out"
-    procs = [subprocess.Popen([sys.executable, str(ROOT / "run_bench.py"), "eval", name, "--k", "20", "--n-test", "30",
-                               "--out", str(out)], cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-             for name in ("digits-standard", "digits-vampprior")]
+    procs = [
+        subprocess.Popen(
+            [
+                sys.executable,
+                str(ROOT / "run_bench.py"),
+                "eval",
+                name,
+                "--k",
+                "20",
+                "--n-test",
+                "30",
+                "--out",
+                str(out),
+            ],
+            cwd=ROOT,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
+        )
+        for name in ("digits-standard", "digits-vampprior")
+    ]
     for proc in procs:
         assert proc.wait(timeout=300) == 0, proc.stderr.read()
     assert sorted(pd.read_csv(out / "metrics.csv").model) == ["digits-standard", "digits-vampprior"]

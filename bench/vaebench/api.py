@@ -15,9 +15,19 @@ from vaebench.protocol.runner import resolve_device
 from vaebench.protocol.settings import SURGERY_SAMPLES, Settings
 
 
-def evaluate(model: object, dataset: str | Dataset, k: int = 5000, n_test: int | None = None, device: str = "auto",
-             *, seed: int = 0, surgery_samples: int = SURGERY_SAMPLES, batch_size: int = 100,
-             data_dir: str | os.PathLike | None = None, name: str = "model") -> tuple[Record, pd.DataFrame]:
+def evaluate(
+    model: object,
+    dataset: str | Dataset,
+    k: int = 5000,
+    n_test: int | None = None,
+    device: str = "auto",
+    *,
+    seed: int = 0,
+    surgery_samples: int = SURGERY_SAMPLES,
+    batch_size: int = 100,
+    data_dir: str | os.PathLike | None = None,
+    name: str = "model",
+) -> tuple[Record, pd.DataFrame]:
     """The protocol on ``model`` (``posterior(x)``, ``prior()``, ``likelihood(z)``; see
     :mod:`vaebench.core.interface`) and ``dataset`` (a name such as ``"binarized-mnist"`` or a
     :class:`~vaebench.protocol.datasets.Dataset`): the record (L_K as log p(x) with its standard errors, L_k

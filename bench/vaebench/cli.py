@@ -1,11 +1,11 @@
 """The command line: parse, call the library, print. With no subcommand: eval, then report.
 
-  list                 the registry (built-in and --registry folders) and which entries are trained
-  train NAME           train (or resume training) one registry entry
-  eval [NAMES]         full protocol (K=5000, whole test set) -> results/records, results/metrics.csv
-  compare A B [...]    paired differences of models of one dataset over their shared test points
-  report               tables (results/tables.md) and plots (results/*.png) from stored results
-  check [NAMES]        quick protocol vs a baseline file (CI); exit 1 on a regression
+list                 the registry (built-in and --registry folders) and which entries are trained
+train NAME           train (or resume training) one registry entry
+eval [NAMES]         full protocol (K=5000, whole test set) -> results/records, results/metrics.csv
+compare A B [...]    paired differences of models of one dataset over their shared test points
+report               tables (results/tables.md) and plots (results/*.png) from stored results
+check [NAMES]        quick protocol vs a baseline file (CI); exit 1 on a regression
 """
 
 from __future__ import annotations
@@ -26,8 +26,16 @@ from vaebench.protocol.registry import Entry, RegistryError, UnknownModelError
 from vaebench.protocol.results import ResultsError, write_metrics_csv
 from vaebench.protocol.settings import SURGERY_SAMPLES, Settings, SettingsError
 
-ERRORS = (SettingsError, DataError, CheckpointError, ResultsError, RegistryError, UnknownModelError, BaselineError,
-          FloatingPointError)
+ERRORS = (
+    SettingsError,
+    DataError,
+    CheckpointError,
+    ResultsError,
+    RegistryError,
+    UnknownModelError,
+    BaselineError,
+    FloatingPointError,
+)
 EVAL_DEFAULTS = {"k": 5000, "n_test": None, "surgery_samples": SURGERY_SAMPLES}
 CHECK_DEFAULTS = {"k": 100, "n_test": 200, "surgery_samples": 1000}
 
@@ -54,8 +62,13 @@ def _one_off(args: argparse.Namespace) -> Entry | None:
     name = given["name"] or checkpoint.stem
     if not name or any(c in name for c in "/\\ ") or name.startswith("."):
         raise SettingsError(f"--name {name!r}: use a name without spaces or slashes")
-    return Entry(name=name, dataset=given["dataset"], source=Path.cwd() / "(command line)", checkpoint=checkpoint,
-                 factory=given["model"])
+    return Entry(
+        name=name,
+        dataset=given["dataset"],
+        source=Path.cwd() / "(command line)",
+        checkpoint=checkpoint,
+        factory=given["model"],
+    )
 
 
 def _entries(args: argparse.Namespace) -> list[Entry]:
@@ -72,8 +85,15 @@ def _entries(args: argparse.Namespace) -> list[Entry]:
 
 
 def _settings(args: argparse.Namespace) -> Settings:
-    return Settings(k=args.k, n_test=args.n_test, seed=args.seed, surgery_samples=args.surgery_samples,
-                    batch_size=args.batch_size, chunk_size=args.chunk_size, backend=args.backend)
+    return Settings(
+        k=args.k,
+        n_test=args.n_test,
+        seed=args.seed,
+        surgery_samples=args.surgery_samples,
+        batch_size=args.batch_size,
+        chunk_size=args.chunk_size,
+        backend=args.backend,
+    )
 
 
 def cmd_list(args: argparse.Namespace) -> int:
@@ -93,15 +113,32 @@ def cmd_train(args: argparse.Namespace) -> int:
     if args.max_epochs is not None and args.max_epochs < 1:
         raise SettingsError(f"--max-epochs {args.max_epochs}: train at least one epoch")
     if entry.train is None or entry.model is None:
-        raise SettingsError(f"{entry.name} ({entry.source}) has no [train] settings for a built-in family: "
-                            "train it with its own code, then evaluate its checkpoint")
+        raise SettingsError(
+            f"{entry.name} ({entry.source}) has no [train] settings for a built-in family: "
+            "train it with its own code, then evaluate its checkpoint"
+        )
     device = resolve_device(args.device)
     data = entry.load_data(args.data_dir)
-    meta = {"name": entry.name, "dataset": entry.dataset, "model": asdict(entry.model), "code_version": code_version(),
-            "source_sha256": source_hash(), "data_sha256": registry.data_checksum(data),
-            "torch": str(torch.__version__), "device": str(device)}
-    st = train(lambda: registry.build(entry, data), data, entry.train, entry.state, entry.checkpoint, meta,
-               args.max_epochs, str(device))
+    meta = {
+        "name": entry.name,
+        "dataset": entry.dataset,
+        "model": asdict(entry.model),
+        "code_version": code_version(),
+        "source_sha256": source_hash(),
+        "data_sha256": registry.data_checksum(data),
+        "torch": str(torch.__version__),
+        "device": str(device),
+    }
+    st = train(
+        lambda: registry.build(entry, data),
+        data,
+        entry.train,
+        entry.state,
+        entry.checkpoint,
+        meta,
+        args.max_epochs,
+        str(device),
+    )
     status = "finished" if st["done"] else "paused (run the same command to continue)"
     print(f"{entry.name}: epoch {st['epoch']}, best validation ELBO {st['best']:.3f}, {status}")
     return 0
@@ -118,8 +155,9 @@ def cmd_eval(args: argparse.Namespace) -> int:
     rank = distributed_rank_world()[0]
     if rank == 0:
         check_writable(out)
-    evaluate_entries(entries, settings, out, device=device, data_dir=args.data_dir, reuse=not args.force,
-                     force=args.force)
+    evaluate_entries(
+        entries, settings, out, device=device, data_dir=args.data_dir, reuse=not args.force, force=args.force
+    )
     if rank == 0:
         print(f"wrote {write_metrics_csv(out)}")
     return 0
@@ -155,10 +193,13 @@ def cmd_check(args: argparse.Namespace) -> int:
         baseline = read_baseline(baseline_path)
         made_with = baseline_settings(baseline, baseline_path)
         if made_with != (settings.k, settings.n_test):
-            raise SettingsError(f"{baseline_path} was made with k, n_test = {made_with}, not {settings.k}, "
-                                f"{settings.n_test}: run check with those settings, or --update")
-    records = evaluate_entries(entries, settings, Path(args.out), device=args.device, data_dir=args.data_dir,
-                               reuse=False, store=False)
+            raise SettingsError(
+                f"{baseline_path} was made with k, n_test = {made_with}, not {settings.k}, "
+                f"{settings.n_test}: run check with those settings, or --update"
+            )
+    records = evaluate_entries(
+        entries, settings, Path(args.out), device=args.device, data_dir=args.data_dir, reuse=False, store=False
+    )
     if args.update:
         print(f"wrote {baseline_path} ({write_baseline(baseline_path, records)} rows)")
         return 0
@@ -169,8 +210,10 @@ def cmd_check(args: argparse.Namespace) -> int:
     with pd.option_context("display.width", 160, "display.max_rows", 500):
         print(pd.DataFrame(rows).to_string(index=False, float_format=lambda v: f"{v:.4f}"))
     failed = [r for r in rows if not r.ok]
-    print(f"check: {len(rows) - len(failed)} of {len(rows)} metrics within tolerance ({Z_CHECK:g} Monte Carlo "
-          f"standard errors); {len(failed)} failed")
+    print(
+        f"check: {len(rows) - len(failed)} of {len(rows)} metrics within tolerance ({Z_CHECK:g} Monte Carlo "
+        f"standard errors); {len(failed)} failed"
+    )
     return 1 if failed else 0
 
 
@@ -181,59 +224,97 @@ def cmd_all(args: argparse.Namespace) -> int:
 
 def _common(p: argparse.ArgumentParser, suppress: bool) -> None:
     default = argparse.SUPPRESS if suppress else None
-    p.add_argument("--data-dir", default=default,
-                   help="dataset directory (default: $VAEBENCH_DATA, else ~/.cache/vaebench/data)")
-    p.add_argument("--device", default=argparse.SUPPRESS if suppress else "auto",
-                   help="auto, cpu or cuda[:N] (default: auto, CUDA when there is one)")
-    p.add_argument("--registry", action="append", default=default, metavar="DIR",
-                   help="an outside registry folder (one folder per model with an entry.toml; repeatable; "
-                        "also $VAEBENCH_REGISTRY)")
+    p.add_argument(
+        "--data-dir", default=default, help="dataset directory (default: $VAEBENCH_DATA, else ~/.cache/vaebench/data)"
+    )
+    p.add_argument(
+        "--device",
+        default=argparse.SUPPRESS if suppress else "auto",
+        help="auto, cpu or cuda[:N] (default: auto, CUDA when there is one)",
+    )
+    p.add_argument(
+        "--registry",
+        action="append",
+        default=default,
+        metavar="DIR",
+        help="an outside registry folder (one folder per model with an entry.toml; repeatable; "
+        "also $VAEBENCH_REGISTRY)",
+    )
 
 
 def _protocol_options(p: argparse.ArgumentParser, defaults: dict, out: bool = True) -> None:
-    p.add_argument("--k", type=int, default=defaults["k"], help="importance samples per test point (default %(default)s)")
-    p.add_argument("--n-test", type=int, default=defaults["n_test"],
-                   help="evaluate a fixed random sample of N test points, the same for every model "
-                        "(default %(default)s; None: all)")
+    p.add_argument(
+        "--k", type=int, default=defaults["k"], help="importance samples per test point (default %(default)s)"
+    )
+    p.add_argument(
+        "--n-test",
+        type=int,
+        default=defaults["n_test"],
+        help="evaluate a fixed random sample of N test points, the same for every model "
+        "(default %(default)s; None: all)",
+    )
     p.add_argument("--batch-size", type=int, default=100, help="test points per batch (default %(default)s)")
-    p.add_argument("--chunk-size", type=int, default=None,
-                   help="samples per chunk (default %(default)s: what fits a quarter of free GPU memory or "
-                        "64 MiB on the CPU)")
+    p.add_argument(
+        "--chunk-size",
+        type=int,
+        default=None,
+        help="samples per chunk (default %(default)s: what fits a quarter of free GPU memory or 64 MiB on the CPU)",
+    )
     p.add_argument("--seed", type=int, default=0, help="seed of the importance samples (default %(default)s)")
-    p.add_argument("--backend", default="torch", choices=("torch", "triton"),
-                   help="log-weight path (default %(default)s, the fastest measured on the CPU and an H200; "
-                        "triton: the fused kernels, which never materialise the [K, B, D] logits)")
-    p.add_argument("--surgery-samples", type=int, default=defaults["surgery_samples"],
-                   help="draws from q(z) for the ELBO-surgery expectations (default %(default)s)")
+    p.add_argument(
+        "--backend",
+        default="torch",
+        choices=("torch", "triton"),
+        help="log-weight path (default %(default)s, the fastest measured on the CPU and an H200; "
+        "triton: the fused kernels, which never materialise the [K, B, D] logits)",
+    )
+    p.add_argument(
+        "--surgery-samples",
+        type=int,
+        default=defaults["surgery_samples"],
+        help="draws from q(z) for the ELBO-surgery expectations (default %(default)s)",
+    )
     p.add_argument("--out", default="results", help="results folder (default %(default)s, in the current folder)")
-    p.add_argument("--model", metavar="FILE.py:FUNCTION",
-                   help="a one-off model not in any registry: a function returning a model with the interface "
-                        "(or package.module:function); needs --checkpoint and --dataset")
+    p.add_argument(
+        "--model",
+        metavar="FILE.py:FUNCTION",
+        help="a one-off model not in any registry: a function returning a model with the interface "
+        "(or package.module:function); needs --checkpoint and --dataset",
+    )
     p.add_argument("--checkpoint", metavar="FILE", help="the one-off model's weights (a state_dict)")
     p.add_argument("--dataset", help=f"the one-off model's dataset: one of {', '.join(DATASETS)}")
     p.add_argument("--name", help="the one-off model's name in the results (default: the checkpoint's file stem)")
 
 
 def parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="vaebench", description=__doc__,
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argparse.ArgumentParser(
+        prog="vaebench", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     _common(p, suppress=False)
     common = argparse.ArgumentParser(add_help=False)  # the same options after the subcommand
     _common(common, suppress=True)
     sub = p.add_subparsers(dest="command")
-    sub.add_parser("list", help="the registry and which entries are trained",
-                   parents=[common]).set_defaults(func=cmd_list)
+    sub.add_parser("list", help="the registry and which entries are trained", parents=[common]).set_defaults(
+        func=cmd_list
+    )
     t = sub.add_parser("train", help="train or resume one registry entry", parents=[common])
     t.add_argument("name", help="a registry entry with built-in [model] and [train] settings")
-    t.add_argument("--max-epochs", type=int, default=None,
-                   help="stop this run after this many more epochs (default %(default)s: the entry's schedule); "
-                        "the same command continues later")
+    t.add_argument(
+        "--max-epochs",
+        type=int,
+        default=None,
+        help="stop this run after this many more epochs (default %(default)s: the entry's schedule); "
+        "the same command continues later",
+    )
     t.set_defaults(func=cmd_train)
     e = sub.add_parser("eval", help="full protocol on trained models (default: all) -> results/", parents=[common])
     e.add_argument("names", nargs="*", help="registry names (default: every trained model)")
     _protocol_options(e, EVAL_DEFAULTS)
-    e.add_argument("--force", action="store_true",
-                   help="re-evaluate even if a stored record matches, and replace one made with other settings")
+    e.add_argument(
+        "--force",
+        action="store_true",
+        help="re-evaluate even if a stored record matches, and replace one made with other settings",
+    )
     e.set_defaults(func=cmd_eval)
     m = sub.add_parser("compare", help="paired differences of models of one dataset", parents=[common])
     m.add_argument("models", nargs="+", help="two or more evaluated models of one dataset")
@@ -245,13 +326,27 @@ def parser() -> argparse.ArgumentParser:
     c = sub.add_parser("check", help="quick protocol vs a baseline file (exit 1 on a regression)", parents=[common])
     c.add_argument("names", nargs="*", help="registry names (default: every trained model)")
     _protocol_options(c, CHECK_DEFAULTS)
-    c.add_argument("--baseline", default="results/baseline.csv",
-                   help="the baseline CSV to compare with, or to write with --update (default %(default)s)")
+    c.add_argument(
+        "--baseline",
+        default="results/baseline.csv",
+        help="the baseline CSV to compare with, or to write with --update (default %(default)s)",
+    )
     c.add_argument("--update", action="store_true", help="write the baseline instead of comparing")
     c.set_defaults(func=cmd_check)
-    defaults = {**EVAL_DEFAULTS, "batch_size": 100, "chunk_size": None, "seed": 0, "backend": "torch",
-                "out": "results", "names": [], "force": False, "model": None, "checkpoint": None, "dataset": None,
-                "name": None}
+    defaults = {
+        **EVAL_DEFAULTS,
+        "batch_size": 100,
+        "chunk_size": None,
+        "seed": 0,
+        "backend": "torch",
+        "out": "results",
+        "names": [],
+        "force": False,
+        "model": None,
+        "checkpoint": None,
+        "dataset": None,
+        "name": None,
+    }
     p.set_defaults(func=cmd_all, **defaults)
     return p
 
@@ -270,8 +365,11 @@ def main(argv: list[str]) -> int:
         return 2
     except OSError as err:  # a full disk, an unwritable folder: what was stored before is intact
         where = f" ({err.filename})" if err.filename else ""
-        print(f"error: {err.strerror or err}{where}; earlier results are intact: free space or choose another "
-              "folder with --out", file=sys.stderr)
+        print(
+            f"error: {err.strerror or err}{where}; earlier results are intact: free space or choose another "
+            "folder with --out",
+            file=sys.stderr,
+        )
         return 2
 
 

@@ -4,6 +4,7 @@ log w_k = log p(x|z_k) + log p(z_k) - log q(z_k|x),  z_k ~ q(z|x)
 L_k     = log (1/k) sum_k w_k                          (Burda et al. 2015)
 L_1 <= L_k <= log p(x) in expectation, and L_k -> log p(x) as k -> infinity. All in nats.
 """
+
 from __future__ import annotations
 
 import math
@@ -32,12 +33,20 @@ def _noise_dim(q: Distribution) -> int | None:
 
 def supports_fused(model: object) -> bool:
     """True when p(x|z) = Bernoulli(logits = model.likelihood_head(model.likelihood_features(z)))."""
-    return callable(getattr(model, "likelihood_features", None)) and \
-        isinstance(getattr(model, "likelihood_head", None), nn.Linear)
+    return callable(getattr(model, "likelihood_features", None)) and isinstance(
+        getattr(model, "likelihood_head", None), nn.Linear
+    )
 
 
-def log_weights_of_samples(model, q: Distribution, prior: Distribution, z: torch.Tensor, x: torch.Tensor,
-                           backend: str = "torch", options: KernelOptions | None = None) -> torch.Tensor:
+def log_weights_of_samples(
+    model,
+    q: Distribution,
+    prior: Distribution,
+    z: torch.Tensor,
+    x: torch.Tensor,
+    backend: str = "torch",
+    options: KernelOptions | None = None,
+) -> torch.Tensor:
     """log w = log p(x|z) + log p(z) - log q(z|x) for given samples z [K, B, d], x [B, D] -> [K, B].
 
     The log-weight of every backend: ``torch`` computes the Bernoulli and mixture terms with plain
@@ -61,8 +70,14 @@ def log_weights_of_samples(model, q: Distribution, prior: Distribution, z: torch
     return log_lik + log_prior - q.log_prob(z)
 
 
-def sample_posterior(q: Distribution, k: int, seed: int | None = None, index: torch.Tensor | None = None,
-                     start: int = 0, device: torch.device | str = "cpu") -> torch.Tensor:
+def sample_posterior(
+    q: Distribution,
+    k: int,
+    seed: int | None = None,
+    index: torch.Tensor | None = None,
+    start: int = 0,
+    device: torch.device | str = "cpu",
+) -> torch.Tensor:
     """z ~ q(z|x), [k, B, d]; samples start..start+k-1 of each example's seeded stream (drawn on
     ``device``) if ``seed``."""
     dim = _noise_dim(q)
@@ -76,10 +91,19 @@ def sample_posterior(q: Distribution, k: int, seed: int | None = None, index: to
     return q.rsample_from_noise(eps)
 
 
-def weighted_samples(model, x: torch.Tensor, k: int, *, seed: int | None = None,
-                     index: torch.Tensor | None = None, start: int = 0, q: Distribution | None = None,
-                     prior: Distribution | None = None, backend: str = "torch",
-                     kernel_options: KernelOptions | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+def weighted_samples(
+    model,
+    x: torch.Tensor,
+    k: int,
+    *,
+    seed: int | None = None,
+    index: torch.Tensor | None = None,
+    start: int = 0,
+    q: Distribution | None = None,
+    prior: Distribution | None = None,
+    backend: str = "torch",
+    kernel_options: KernelOptions | None = None,
+) -> tuple[torch.Tensor, torch.Tensor]:
     """(z [k, B, d], log w [k, B]) with z_k ~ q(z|x) and log w = log p(x, z_k) - log q(z_k|x).
 
     Where the model exposes its Bernoulli output layer, or has a mixture prior, those terms go
@@ -93,9 +117,19 @@ def weighted_samples(model, x: torch.Tensor, k: int, *, seed: int | None = None,
     return z, log_weights_of_samples(model, q, prior, z, x, backend, kernel_options)
 
 
-def log_weights(model, x: torch.Tensor, k: int, *, seed: int | None = None, index: torch.Tensor | None = None,
-                start: int = 0, q: Distribution | None = None, prior: Distribution | None = None,
-                backend: str = "torch", kernel_options: KernelOptions | None = None) -> torch.Tensor:
+def log_weights(
+    model,
+    x: torch.Tensor,
+    k: int,
+    *,
+    seed: int | None = None,
+    index: torch.Tensor | None = None,
+    start: int = 0,
+    q: Distribution | None = None,
+    prior: Distribution | None = None,
+    backend: str = "torch",
+    kernel_options: KernelOptions | None = None,
+) -> torch.Tensor:
     """log p(x, z_k) - log q(z_k|x) for k posterior samples per example: x [B, D] -> [k, B].
 
     Uses ``model.log_weights(x, k)`` when the model defines it and no seed is asked for. ``q`` and
@@ -104,8 +138,18 @@ def log_weights(model, x: torch.Tensor, k: int, *, seed: int | None = None, inde
     check_model(model)
     if seed is None and q is None and hasattr(model, "log_weights"):
         return model.log_weights(x, k)
-    return weighted_samples(model, x, k, seed=seed, index=index, start=start, q=q, prior=prior, backend=backend,
-                            kernel_options=kernel_options)[1]
+    return weighted_samples(
+        model,
+        x,
+        k,
+        seed=seed,
+        index=index,
+        start=start,
+        q=q,
+        prior=prior,
+        backend=backend,
+        kernel_options=kernel_options,
+    )[1]
 
 
 def memory_budget(device: torch.device) -> int:
@@ -121,11 +165,21 @@ def default_chunk_size(batch: int, dim_x: int, memory_bytes: int = DEFAULT_MEMOR
 
 
 @torch.no_grad()
-def iwae_bounds(model, x: torch.Tensor, ks: tuple[int, ...], chunk_size: int | None = None, *,
-                seed: int | None = None, index: torch.Tensor | None = None, name: str | None = None,
-                with_variance: bool = False, backend: str = "torch", memory_bytes: int | None = None,
-                prior: Distribution | None = None,
-                kernel_options: KernelOptions | None = None) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
+def iwae_bounds(
+    model,
+    x: torch.Tensor,
+    ks: tuple[int, ...],
+    chunk_size: int | None = None,
+    *,
+    seed: int | None = None,
+    index: torch.Tensor | None = None,
+    name: str | None = None,
+    with_variance: bool = False,
+    backend: str = "torch",
+    memory_bytes: int | None = None,
+    prior: Distribution | None = None,
+    kernel_options: KernelOptions | None = None,
+) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
     """L_m for every m in ``ks`` from one set of K = max(ks) samples per example: [len(ks), B] nats.
 
     L_K = log (1/K) sum_k w_k; each smaller m must divide K, and L_m is the average of the bound
@@ -163,9 +217,23 @@ def iwae_bounds(model, x: torch.Tensor, ks: tuple[int, ...], chunk_size: int | N
     per_batch = max(1, default_chunk_size(chunk_size, x.shape[-1], budget))
     if x.shape[0] > per_batch:  # rounding up to ``step`` made a chunk of the whole batch too big: split it
         index = torch.arange(x.shape[0]) if index is None else index
-        parts = [iwae_bounds(model, x[i:i + per_batch], ks, chunk_size, seed=seed, index=index[i:i + per_batch],
-                             name=name, with_variance=with_variance, backend=backend, memory_bytes=budget,
-                             prior=prior, kernel_options=kernel_options) for i in range(0, x.shape[0], per_batch)]
+        parts = [
+            iwae_bounds(
+                model,
+                x[i : i + per_batch],
+                ks,
+                chunk_size,
+                seed=seed,
+                index=index[i : i + per_batch],
+                name=name,
+                with_variance=with_variance,
+                backend=backend,
+                memory_bytes=budget,
+                prior=prior,
+                kernel_options=kernel_options,
+            )
+            for i in range(0, x.shape[0], per_batch)
+        ]
         if with_variance:
             return torch.cat([b for b, _ in parts], dim=1), torch.cat([v for _, v in parts], dim=1)
         return torch.cat(parts, dim=1)
@@ -175,8 +243,18 @@ def iwae_bounds(model, x: torch.Tensor, ks: tuple[int, ...], chunk_size: int | N
     group_squares = {m: torch.zeros_like(group_sums[m]) for m in smaller}
     for start in range(0, k, chunk_size):
         n = min(chunk_size, k - start)
-        lw = log_weights(model, x, n, seed=seed, index=index, start=start, q=q, prior=prior, backend=backend,
-                         kernel_options=kernel_options).double()
+        lw = log_weights(
+            model,
+            x,
+            n,
+            seed=seed,
+            index=index,
+            start=start,
+            q=q,
+            prior=prior,
+            backend=backend,
+            kernel_options=kernel_options,
+        ).double()
         check_finite(lw, name or type(model).__name__, index)
         part = torch.logsumexp(lw, dim=0)
         total = part if total is None else torch.logaddexp(total, part)
@@ -196,12 +274,22 @@ def iwae_bounds(model, x: torch.Tensor, ks: tuple[int, ...], chunk_size: int | N
     return bounds, torch.stack([var[m] for m in ks])
 
 
-def iwae_bound(model, x: torch.Tensor, k: int, chunk_size: int | None = None, *, seed: int | None = None,
-               index: torch.Tensor | None = None, name: str | None = None, backend: str = "torch",
-               kernel_options: KernelOptions | None = None) -> torch.Tensor:
+def iwae_bound(
+    model,
+    x: torch.Tensor,
+    k: int,
+    chunk_size: int | None = None,
+    *,
+    seed: int | None = None,
+    index: torch.Tensor | None = None,
+    name: str | None = None,
+    backend: str = "torch",
+    kernel_options: KernelOptions | None = None,
+) -> torch.Tensor:
     """L_k = log (1/k) sum_k w_k per example, x [B, D] -> [B] nats (see :func:`iwae_bounds`)."""
-    return iwae_bounds(model, x, (k,), chunk_size, seed=seed, index=index, name=name, backend=backend,
-                       kernel_options=kernel_options)[0]
+    return iwae_bounds(
+        model, x, (k,), chunk_size, seed=seed, index=index, name=name, backend=backend, kernel_options=kernel_options
+    )[0]
 
 
 def check_finite(lw: torch.Tensor, name: str, index: torch.Tensor | None = None) -> None:
@@ -210,12 +298,15 @@ def check_finite(lw: torch.Tensor, name: str, index: torch.Tensor | None = None)
     if bad.any():
         column = int(bad.nonzero()[0, 1])
         example = int(index[column]) if index is not None else column
-        raise NonFiniteLogWeight(f"model {name}: log-weight is {float(lw[bad][0])} for test example {example}; "
-                                 "check the checkpoint (NaN weights?) and that the data match the model")
+        raise NonFiniteLogWeight(
+            f"model {name}: log-weight is {float(lw[bad][0])} for test example {example}; "
+            "check the checkpoint (NaN weights?) and that the data match the model"
+        )
 
 
-def elbo_terms(model, x: torch.Tensor, n_samples: int = 1, *, seed: int | None = None,
-               index: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+def elbo_terms(
+    model, x: torch.Tensor, n_samples: int = 1, *, seed: int | None = None, index: torch.Tensor | None = None
+) -> tuple[torch.Tensor, torch.Tensor]:
     """(E_q log p(x|z), KL(q(z|x) || p(z))), each [B].
 
     The KL is analytic where ``torch.distributions`` has it registered, otherwise the Monte Carlo
@@ -233,8 +324,9 @@ def elbo_terms(model, x: torch.Tensor, n_samples: int = 1, *, seed: int | None =
 
 
 @torch.no_grad()
-def elbo(model, x: torch.Tensor, n_samples: int = 1, *, seed: int | None = None,
-         index: torch.Tensor | None = None) -> torch.Tensor:
+def elbo(
+    model, x: torch.Tensor, n_samples: int = 1, *, seed: int | None = None, index: torch.Tensor | None = None
+) -> torch.Tensor:
     """L_1 = E_q log p(x|z) - KL(q(z|x) || p(z)) per example, [B] nats (analytic KL where it exists)."""
     reconstruction, kl = elbo_terms(model, x, n_samples, seed=seed, index=index)
     return reconstruction - kl

@@ -22,6 +22,7 @@ Optional:
 
 Nothing here needs to be an ``nn.Module``: an object written outside the project works as is.
 """
+
 from __future__ import annotations
 
 from typing import Protocol, runtime_checkable
@@ -50,5 +51,7 @@ def check_model(model: object) -> None:
     """Raise ``TypeError`` naming the missing methods if ``model`` lacks the interface."""
     missing = missing_methods(model)
     if missing:
-        raise TypeError(f"{type(model).__name__} does not implement the model interface: missing "
-                        f"{', '.join(missing)} (see vaebench.core.interface)")
+        raise TypeError(
+            f"{type(model).__name__} does not implement the model interface: missing "
+            f"{', '.join(missing)} (see vaebench.core.interface)"
+        )

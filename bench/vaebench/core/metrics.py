@@ -1,4 +1,5 @@
 """Posterior diagnostics: active units, ELBO surgery, and samples of the IWAE posterior q_EW."""
+
 from __future__ import annotations
 
 import math
@@ -15,11 +16,12 @@ from vaebench.core.mixture import mixture_log_prob
 @torch.no_grad()
 def posterior_means(model, x: torch.Tensor, batch_size: int = 1000) -> torch.Tensor:
     """E_q(z|x)[z] for every row of x: [N, d]."""
-    return torch.cat([model.posterior(x[i:i + batch_size]).mean for i in range(0, len(x), batch_size)])
+    return torch.cat([model.posterior(x[i : i + batch_size]).mean for i in range(0, len(x), batch_size)])
 
 
-def active_units(model, x: torch.Tensor, threshold: float = 0.01,
-                 batch_size: int = 1000) -> tuple[int | list[int], torch.Tensor]:
+def active_units(
+    model, x: torch.Tensor, threshold: float = 0.01, batch_size: int = 1000
+) -> tuple[int | list[int], torch.Tensor]:
     """Active units (Burda et al. 2015): A_u = Var_x(E_q(z|x)[z_u]) over the rows of x.
 
     The variance is the population variance (divide by N) over the given points; unit u is
@@ -41,14 +43,17 @@ class NotGaussianPosterior(TypeError):
 
 def _gaussian_params(q) -> tuple[torch.Tensor, torch.Tensor]:
     if not (isinstance(q, Independent) and isinstance(q.base_dist, Normal)):
-        raise NotGaussianPosterior("elbo_surgery needs a diagonal Gaussian posterior Independent(Normal(loc, scale), 1) "
-                        f"to evaluate the aggregate posterior exactly; got {type(q).__name__}")
+        raise NotGaussianPosterior(
+            "elbo_surgery needs a diagonal Gaussian posterior Independent(Normal(loc, scale), 1) "
+            f"to evaluate the aggregate posterior exactly; got {type(q).__name__}"
+        )
     return q.base_dist.loc, q.base_dist.scale
 
 
 @torch.no_grad()
-def elbo_surgery(model, x_train: torch.Tensor, n_samples: int | None = None, seed: int = 0,
-                 batch_size: int = 1000) -> dict[str, float]:
+def elbo_surgery(
+    model, x_train: torch.Tensor, n_samples: int | None = None, seed: int = 0, batch_size: int = 1000
+) -> dict[str, float]:
     """ELBO surgery (Hoffman & Johnson 2016) over the N rows of ``x_train``, nats per data point.
 
     avg_kl = (1/N) sum_i KL(q(z|x_i) || p(z)) = mutual_info + marginal_kl, where
@@ -65,7 +70,7 @@ def elbo_surgery(model, x_train: torch.Tensor, n_samples: int | None = None, see
     n = len(x_train)
     locs, scales, recs, kls = [], [], [], []
     for i in range(0, n, batch_size):
-        xb = x_train[i:i + batch_size]
+        xb = x_train[i : i + batch_size]
         loc, scale = _gaussian_params(model.posterior(xb))
         locs.append(loc)
         scales.append(scale)
@@ -79,9 +84,10 @@ def elbo_surgery(model, x_train: torch.Tensor, n_samples: int | None = None, see
     m = n if n_samples is None else n_samples
     rows = torch.arange(n) if m == n else torch.randint(n, (m,), generator=gen)
     mi_terms, marginal_terms = [], []
-    for i in tqdm(range(0, m, batch_size), desc="ELBO surgery: q(z) over all training points", unit="batch",
-                  disable=None):
-        r = rows[i:i + batch_size].to(loc.device)
+    for i in tqdm(
+        range(0, m, batch_size), desc="ELBO surgery: q(z) over all training points", unit="batch", disable=None
+    ):
+        r = rows[i : i + batch_size].to(loc.device)
         eps = torch.randn(len(r), loc.shape[1], generator=gen).to(loc)
         z = loc[r] + scale[r] * eps
         log_q_cond = Independent(Normal(loc[r], scale[r]), 1).log_prob(z)

@@ -7,6 +7,7 @@ For components k with means m_k and precisions p_k = 1 / s_k^2 (all [K, d]),
 so the [S, K] table of component log-densities is one [S, 2d] x [2d, K] product and the mixture
 log-density a logsumexp over K. No [S, K, d] tensor is ever formed.
 """
+
 from __future__ import annotations
 
 import math
@@ -15,8 +16,9 @@ import torch
 from torch.distributions import Categorical, Distribution, Independent, Normal, constraints
 
 
-def component_log_prob(z: torch.Tensor, loc: torch.Tensor, scale: torch.Tensor,
-                       log_mix: torch.Tensor | None = None) -> torch.Tensor:
+def component_log_prob(
+    z: torch.Tensor, loc: torch.Tensor, scale: torch.Tensor, log_mix: torch.Tensor | None = None
+) -> torch.Tensor:
     """log N(z_s; loc_k, diag scale_k^2) (+ log_mix_k if given) for every pair: z [..., d], loc/scale [K, d],
     log_mix [K] -> [..., K]."""
     precision = scale.pow(-2)
@@ -28,8 +30,9 @@ def component_log_prob(z: torch.Tensor, loc: torch.Tensor, scale: torch.Tensor,
     return torch.addmm(const, features.reshape(-1, features.shape[-1]), weights.T).reshape(*z.shape[:-1], -1)
 
 
-def mixture_log_prob(z: torch.Tensor, loc: torch.Tensor, scale: torch.Tensor, log_mix: torch.Tensor | None = None,
-                     chunk_size: int = 4096) -> torch.Tensor:
+def mixture_log_prob(
+    z: torch.Tensor, loc: torch.Tensor, scale: torch.Tensor, log_mix: torch.Tensor | None = None, chunk_size: int = 4096
+) -> torch.Tensor:
     """log sum_k pi_k N(z; loc_k, diag scale_k^2) for z [..., d] -> [...], chunked over components.
 
     ``log_mix`` [K] are the log mixing weights (uniform when None). Chunks over K combine by
@@ -59,8 +62,13 @@ class DiagonalGaussianMixture(Distribution):
     support = constraints.real_vector
     has_rsample = False
 
-    def __init__(self, loc: torch.Tensor, scale: torch.Tensor, mix_logits: torch.Tensor | None = None,
-                 validate_args: bool | None = None):
+    def __init__(
+        self,
+        loc: torch.Tensor,
+        scale: torch.Tensor,
+        mix_logits: torch.Tensor | None = None,
+        validate_args: bool | None = None,
+    ):
         self.loc, self.scale = loc, scale
         if mix_logits is None:
             mix_logits = torch.zeros(loc.shape[0], dtype=loc.dtype, device=loc.device)

@@ -18,8 +18,9 @@ NOISE_BLOCK = 500
 MAX_SEED = 2 ** (63 - KEY_INDEX_BITS) - 1  # CUDA keys Philox with seed * 2**40 + example index
 
 
-def seeded_noise(seed: int, index: torch.Tensor, start: int, stop: int, dim: int,
-                 device: torch.device | str = "cpu") -> torch.Tensor:
+def seeded_noise(
+    seed: int, index: torch.Tensor, start: int, stop: int, dim: int, device: torch.device | str = "cpu"
+) -> torch.Tensor:
     """Standard normal noise for samples start..stop-1 of each example ``index[b]``: [stop - start, B, dim]
     (see the module docstring)."""
     if seed < 0:
@@ -31,7 +32,7 @@ def seeded_noise(seed: int, index: torch.Tensor, start: int, stop: int, dim: int
     columns = []
     for i in index.tolist():
         blocks = [_noise_block(np.random.SeedSequence([seed, i, block]), dim) for block in range(first, last + 1)]
-        columns.append(torch.cat(blocks)[start - first * NOISE_BLOCK: stop - first * NOISE_BLOCK])
+        columns.append(torch.cat(blocks)[start - first * NOISE_BLOCK : stop - first * NOISE_BLOCK])
     return torch.stack(columns, dim=1).to(device)
 
 

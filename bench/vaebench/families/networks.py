@@ -1,4 +1,5 @@
 """Building blocks: the VampPrior paper's gated dense layers and the IWAE paper's tanh MLP."""
+
 from __future__ import annotations
 
 import torch
@@ -19,8 +20,9 @@ class GatedDense(nn.Module):
         self.gate = nn.Linear(n_in, n_out)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        both = F.linear(x, torch.cat([self.value.weight, self.gate.weight]),
-                        torch.cat([self.value.bias, self.gate.bias]))
+        both = F.linear(
+            x, torch.cat([self.value.weight, self.gate.weight]), torch.cat([self.value.bias, self.gate.bias])
+        )
         value, gate = both.chunk(2, dim=-1)
         return value * torch.sigmoid(gate)
 

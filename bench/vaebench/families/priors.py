@@ -1,4 +1,5 @@
 """Priors p(z): standard Gaussian, mixture of Gaussians, and the VampPrior (Tomczak & Welling 2018)."""
+
 from __future__ import annotations
 
 import torch

@@ -1,4 +1,5 @@
 """One- and two-level VAEs with Bernoulli decoders, implementing the ``vaebench.core.interface`` methods."""
+
 from __future__ import annotations
 
 from dataclasses import dataclass, field
@@ -53,7 +54,9 @@ class VAE(BernoulliHeadMixin, nn.Module):
     def __init__(self, config: ModelConfig, data: torch.Tensor | None = None):
         super().__init__()
         c = self.config = config
-        self.encoder = nn.Sequential(mlp(c.x_dim, c.hidden, c.depth, c.net), GaussianHead(c.hidden, c.z_dim, *c.logvar_limits))
+        self.encoder = nn.Sequential(
+            mlp(c.x_dim, c.hidden, c.depth, c.net), GaussianHead(c.hidden, c.z_dim, *c.logvar_limits)
+        )
         self.decoder = BernoulliDecoder(c.z_dim, c.hidden, c.depth, c.net, c.x_dim)
         self.prior_net = make_prior(c.prior, c.z_dim, c.x_dim, c.n_components, data)
 
@@ -80,7 +83,7 @@ class HierarchicalPosterior(Distribution):
 
     has_rsample = True
 
-    def __init__(self, model: "HVAE", x: torch.Tensor):
+    def __init__(self, model: HVAE, x: torch.Tensor):
         self.model, self.x_features = model, model.q1_x(x)
         self.top = model.posterior_top(x)
         d = self.top.event_shape[0]
@@ -116,9 +119,11 @@ class HierarchicalPosterior(Distribution):
 class HierarchicalPrior(Distribution):
     """p(z1, z2) = p(z2) p(z1|z2) over z = [z1, z2]; event shape [2d]; p(z2) any of the three priors."""
 
-    def __init__(self, model: "HVAE", top: Distribution):
+    def __init__(self, model: HVAE, top: Distribution):
         self.model, self.top = model, top
-        super().__init__(batch_shape=torch.Size(), event_shape=torch.Size([2 * top.event_shape[0]]), validate_args=False)
+        super().__init__(
+            batch_shape=torch.Size(), event_shape=torch.Size([2 * top.event_shape[0]]), validate_args=False
+        )
 
     def _bottom(self, z2: torch.Tensor) -> Distribution:
         loc, scale = self.model.p1(z2)

@@ -19,8 +19,12 @@ from vaebench.protocol.record import Record
 
 Z_CHECK = 4.0
 COLUMNS = ("model", "metric", "value", "se", "k", "n_test", "checkpoint_sha256")
-CHECKED = {"log_likelihood": "log_likelihood_mc_se", "L_1": "L_1_mc_se", "mutual_info": "mutual_info_se",
-           "marginal_kl": "marginal_kl_se"}
+CHECKED = {
+    "log_likelihood": "log_likelihood_mc_se",
+    "L_1": "L_1_mc_se",
+    "mutual_info": "mutual_info_se",
+    "marginal_kl": "marginal_kl_se",
+}
 
 
 class BaselineError(ValueError):
@@ -45,9 +49,19 @@ def baseline_rows(records: list[Record]) -> pd.DataFrame:
     rows = []
     for record in records:
         flat = record.to_flat()
-        rows += [{"model": record.model, "metric": m, "value": flat[m], "se": flat[se], "k": record.k,
-                  "n_test": record.n_test, "checkpoint_sha256": record.checkpoint_sha256}
-                 for m, se in CHECKED.items() if m in flat]
+        rows += [
+            {
+                "model": record.model,
+                "metric": m,
+                "value": flat[m],
+                "se": flat[se],
+                "k": record.k,
+                "n_test": record.n_test,
+                "checkpoint_sha256": record.checkpoint_sha256,
+            }
+            for m, se in CHECKED.items()
+            if m in flat
+        ]
     return pd.DataFrame(rows, columns=list(COLUMNS))
 
 
@@ -79,8 +93,10 @@ def read_baseline(path: Path) -> pd.DataFrame:
     bad = frame[~numbers.map(math.isfinite).all(axis=1) | (numbers["se"] < 0)]
     if len(bad):
         row = bad.iloc[0]
-        raise BaselineError(f"{path}: {row.model} {row.metric} has a value or standard error that is not a finite "
-                            f"number ({row.value}, {row.se}); {fix}")
+        raise BaselineError(
+            f"{path}: {row.model} {row.metric} has a value or standard error that is not a finite "
+            f"number ({row.value}, {row.se}); {fix}"
+        )
     frame[["value", "se"]] = numbers[["value", "se"]]
     frame[["k", "n_test"]] = numbers[["k", "n_test"]].astype(int)
     return frame
@@ -90,8 +106,10 @@ def baseline_settings(baseline: pd.DataFrame, path: Path) -> tuple[int, int]:
     """The (k, n_test) the baseline was made with (one pair for the whole file)."""
     settings = baseline[["k", "n_test"]].drop_duplicates()
     if len(settings) != 1:
-        raise BaselineError(f"{path} mixes settings {settings.values.tolist()} (k, n_test); make it again with "
-                            "`vaebench check --update`")
+        raise BaselineError(
+            f"{path} mixes settings {settings.values.tolist()} (k, n_test); make it again with "
+            "`vaebench check --update`"
+        )
     return int(settings.iloc[0].k), int(settings.iloc[0].n_test)
 
 
@@ -104,19 +122,41 @@ def compare(records: list[Record], baseline: pd.DataFrame, names: list[str] | No
     wanted = baseline if names is None else baseline[baseline.model.isin(names)]
     for b in wanted.itertuples():
         if b.model not in now or b.metric not in now[b.model][1]:
-            rows.append(Comparison(b.model, b.metric, b.value, math.nan, math.nan, False,
-                                   "no current value (model not evaluated, checkpoint gone, or metric missing)"))
+            rows.append(
+                Comparison(
+                    b.model,
+                    b.metric,
+                    b.value,
+                    math.nan,
+                    math.nan,
+                    False,
+                    "no current value (model not evaluated, checkpoint gone, or metric missing)",
+                )
+            )
             continue
         record, flat = now[b.model]
         tolerance = Z_CHECK * math.hypot(b.se, flat[CHECKED[b.metric]])
         same = b.checkpoint_sha256 == record.checkpoint_sha256
         diff = flat[b.metric] - b.value
         note = "" if same else "checkpoint changed: run `check --update` and commit"
-        rows.append(Comparison(b.model, b.metric, b.value, flat[b.metric], tolerance,
-                               bool(same and abs(diff) <= tolerance), note))
+        rows.append(
+            Comparison(
+                b.model, b.metric, b.value, flat[b.metric], tolerance, bool(same and abs(diff) <= tolerance), note
+            )
+        )
     known = set(zip(baseline.model, baseline.metric))
     for model, (_, flat) in now.items():
-        rows += [Comparison(model, m, math.nan, flat[m], math.nan, False,
-                            f"not in the baseline: run `check --update {model}` and commit the baseline")
-                 for m in CHECKED if m in flat and (model, m) not in known]
+        rows += [
+            Comparison(
+                model,
+                m,
+                math.nan,
+                flat[m],
+                math.nan,
+                False,
+                f"not in the baseline: run `check --update {model}` and commit the baseline",
+            )
+            for m in CHECKED
+            if m in flat and (model, m) not in known
+        ]
     return rows

@@ -6,6 +6,7 @@ the standard error of that mean over test points. L_k for smaller k come from th
 evaluated test set (population variance, strict ``>`` threshold). ELBO surgery uses the whole
 training split for the aggregate posterior.
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -34,24 +35,46 @@ def _load_progress(path: Path | None, key: str) -> dict:
     try:
         saved = torch.load(path, weights_only=True)
     except (RuntimeError, EOFError, OSError, pickle.UnpicklingError) as err:
-        warnings.warn(f"progress file {path} is unreadable ({type(err).__name__}); starting this evaluation "
-                      "again from its first batch", stacklevel=2)
+        warnings.warn(
+            f"progress file {path} is unreadable ({type(err).__name__}); starting this evaluation "
+            "again from its first batch",
+            stacklevel=2,
+        )
         path.unlink(missing_ok=True)
         return {}
     return saved["done"] if isinstance(saved, dict) and saved.get("key") == key else {}
 
 
-def _save_progress(path: Path | None, key: str, done: dict) -> None:
+def _save_progress(path: Path | None, key: str, done: dict) -> Path | None:
+    """Store the finished batches; the path to use next time, None once a write failed (a full disk: warn
+    once and go on without resume points, since the progress file only saves time)."""
     if path is None:
-        return
-    with atomic_path(path) as tmp:
-        torch.save({"key": key, "done": done}, tmp)
+        return None
+    try:
+        with atomic_path(path) as tmp:
+            torch.save({"key": key, "done": done}, tmp)
+    except (OSError, RuntimeError) as err:
+        warnings.warn(
+            f"progress file {path} could not be written ({str(err).splitlines()[0]}); going on without resume points",
+            stacklevel=2,
+        )
+        return None
+    return path
 
 
-def per_example_bounds(model, x: torch.Tensor, ks: tuple[int, ...], seed: int, batch_size: int = 100,
-                       chunk_size: int | None = None, name: str = "model", progress_path: Path | None = None,
-                       backend: str = "torch", ids: torch.Tensor | None = None,
-                       fingerprint: str = "") -> tuple[torch.Tensor, torch.Tensor]:
+def per_example_bounds(
+    model,
+    x: torch.Tensor,
+    ks: tuple[int, ...],
+    seed: int,
+    batch_size: int = 100,
+    chunk_size: int | None = None,
+    name: str = "model",
+    progress_path: Path | None = None,
+    backend: str = "torch",
+    ids: torch.Tensor | None = None,
+    fingerprint: str = "",
+) -> tuple[torch.Tensor, torch.Tensor]:
     """Bounds and their Monte Carlo variances, each [len(ks), N], for every row of x in batches of
     ``batch_size`` (see ``iwae_bounds``); ``ids`` [N] name the rows' noise streams (their test
     indices; default 0..N-1). With ``progress_path`` each finished batch is stored and a
@@ -75,12 +98,22 @@ def per_example_bounds(model, x: torch.Tensor, ks: tuple[int, ...], seed: int, b
     for start in tqdm(mine, desc=f"{name} L_{max(ks)}", unit="batch", disable=None if rank == 0 else True):
         if start in done:
             continue
-        xb = x[start:start + batch_size]
-        index = ids[start:start + len(xb)]
-        bounds, var = iwae_bounds(model, xb, ks, chunk_size, seed=seed, index=index, name=name, with_variance=True,
-                                  backend=backend, prior=prior)
+        xb = x[start : start + batch_size]
+        index = ids[start : start + len(xb)]
+        bounds, var = iwae_bounds(
+            model,
+            xb,
+            ks,
+            chunk_size,
+            seed=seed,
+            index=index,
+            name=name,
+            with_variance=True,
+            backend=backend,
+            prior=prior,
+        )
         done[start] = torch.stack([bounds.double().cpu(), var.cpu()])
-        _save_progress(progress_path, key, done)
+        progress_path = _save_progress(progress_path, key, done)
     if world > 1:
         gathered = [None] * world
         torch.distributed.all_gather_object(gathered, done)
@@ -118,9 +151,17 @@ def _mean_se(values: torch.Tensor) -> tuple[float, float]:
     return float(v.mean()), float(v.std() / math.sqrt(len(v))) if len(v) > 1 else float("nan")
 
 
-def evaluate(model, dataset: Dataset, settings: Settings = Settings(), *, device: str | torch.device = "cpu",
-             surgery: bool = True, name: str = "model", progress_path: Path | None = None,
-             fingerprint: str = "") -> tuple[Record, dict[str, torch.Tensor]]:
+def evaluate(
+    model,
+    dataset: Dataset,
+    settings: Settings = Settings(),
+    *,
+    device: str | torch.device = "cpu",
+    surgery: bool = True,
+    name: str = "model",
+    progress_path: Path | None = None,
+    fingerprint: str = "",
+) -> tuple[Record, dict[str, torch.Tensor]]:
     """Run the protocol on ``model`` (any object with the interface); returns (record, per-example values).
 
     L_k for every k of ``settings.ladder`` from one set of K seeded samples per test point, the ELBO
@@ -140,33 +181,51 @@ def evaluate(model, dataset: Dataset, settings: Settings = Settings(), *, device
     x = dataset.test[ids].to(device)
     check_binary(x, f"{dataset.name} test split")
     ks, k, seed, batch_size = settings.ladder, settings.k, settings.seed, settings.batch_size
-    bounds, mc_var = per_example_bounds(model, x, ks, seed, batch_size, settings.chunk_size, name, progress_path,
-                                        settings.backend, ids, fingerprint)
+    bounds, mc_var = per_example_bounds(
+        model, x, ks, seed, batch_size, settings.chunk_size, name, progress_path, settings.backend, ids, fingerprint
+    )
     with torch.no_grad():
-        elbos = torch.cat([elbo(model, x[i:i + batch_size], seed=seed, index=ids[i:i + batch_size])
-                           for i in range(0, n_test, batch_size)]).cpu()
+        elbos = torch.cat(
+            [
+                elbo(model, x[i : i + batch_size], seed=seed, index=ids[i : i + batch_size])
+                for i in range(0, n_test, batch_size)
+            ]
+        ).cpu()
     ll, ll_se = _mean_se(bounds[-1])
     el, el_se = _mean_se(elbos)
     count, _ = active_units(model, x)
     terms, note = None, ""
     if surgery:
         try:
-            terms = SurgeryTerms(**elbo_surgery(model, dataset.train.to(device), n_samples=settings.surgery_samples,
-                                                seed=seed))
+            terms = SurgeryTerms(
+                **elbo_surgery(model, dataset.train.to(device), n_samples=settings.surgery_samples, seed=seed)
+            )
         except NotGaussianPosterior as err:
             note = str(err).split(";")[0]
     record = Record(
-        model=name, dataset=dataset.name, n_test=n_test, k=k, seed=seed,
-        log_likelihood=ll, log_likelihood_se=ll_se, elbo=el, elbo_se=el_se,
-        elbo_gap=ll - el, elbo_gap_se=_mean_se(bounds[-1] - elbos)[1],
+        model=name,
+        dataset=dataset.name,
+        n_test=n_test,
+        k=k,
+        seed=seed,
+        log_likelihood=ll,
+        log_likelihood_se=ll_se,
+        elbo=el,
+        elbo_se=el_se,
+        elbo_gap=ll - el,
+        elbo_gap_se=_mean_se(bounds[-1] - elbos)[1],
         log_likelihood_mc_se=float(mc_var[-1].sum().sqrt() / n_test),
         bounds={m: float(bounds[i].mean()) for i, m in enumerate(ks)},
         bounds_mc_se={m: float(mc_var[i].sum().sqrt() / n_test) for i, m in enumerate(ks)},
         active_units=count if isinstance(count, int) else "+".join(map(str, count)),
         active_units_total=count if isinstance(count, int) else sum(count),
         active_units_set="test" if n_test == n_total else f"test subset ({n_test} of {n_total})",
-        surgery=terms, surgery_note=note, device=str(device), backend=settings.backend,
-        torch=str(torch.__version__), protocol_version=PROTOCOL_VERSION,
+        surgery=terms,
+        surgery_note=note,
+        device=str(device),
+        backend=settings.backend,
+        torch=str(torch.__version__),
+        protocol_version=PROTOCOL_VERSION,
         wall_time_s=time.perf_counter() - started,
     )
     return record, {"test_index": ids, f"L_{k}": bounds[-1], "elbo": elbos}

@@ -108,16 +108,23 @@ class Record:
         if not values["model"]:
             raise RecordError("field 'model' is empty")
         suffix = "_mc_se"
-        values["bounds"] = {int(key[2:]): _checked(key, v, "float") for key, v in flat.items()
-                            if key.startswith("L_") and key[2:].isdigit()}
-        values["bounds_mc_se"] = {int(key[2:-len(suffix)]): _checked(key, v, "float") for key, v in flat.items()
-                                  if key.startswith("L_") and key.endswith(suffix) and key[2:-len(suffix)].isdigit()}
+        values["bounds"] = {
+            int(key[2:]): _checked(key, v, "float")
+            for key, v in flat.items()
+            if key.startswith("L_") and key[2:].isdigit()
+        }
+        values["bounds_mc_se"] = {
+            int(key[2 : -len(suffix)]): _checked(key, v, "float")
+            for key, v in flat.items()
+            if key.startswith("L_") and key.endswith(suffix) and key[2 : -len(suffix)].isdigit()
+        }
         if values["k"] not in values["bounds"]:
             raise RecordError(f"no L_{values['k']} for k = {values['k']}")
         values["surgery"] = None
         if "mutual_info" in flat:
-            values["surgery"] = SurgeryTerms(**{s.name: _checked(s.name, flat.get(s.name), s.type)
-                                                for s in fields(SurgeryTerms)})
+            values["surgery"] = SurgeryTerms(
+                **{s.name: _checked(s.name, flat.get(s.name), s.type) for s in fields(SurgeryTerms)}
+            )
         return cls(**values)
 
 

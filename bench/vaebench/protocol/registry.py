@@ -178,18 +178,31 @@ def read_entry(path: Path) -> Entry:
         except TypeError as err:
             raise _fail(path, f"[[published]] {err}; it takes paper, table, value, metric, note") from None
     train = _typed(path, spec["train"], TrainConfig, "train") if "train" in spec else None
-    common = dict(name=name, dataset=dataset, source=path, checkpoint=checkpoint, train=train, n_valid=n_valid,
-                  section=section, published=tuple(published))
+    common = dict(
+        name=name,
+        dataset=dataset,
+        source=path,
+        checkpoint=checkpoint,
+        train=train,
+        n_valid=n_valid,
+        section=section,
+        published=tuple(published),
+    )
     if "factory" in model_table:
         factory = model_table.pop("factory")
         if not isinstance(factory, str) or ":" not in factory:
-            raise _fail(path, f"factory = {factory!r}: write 'package.module:function' or 'file.py:function'",
-                        "factory")
+            raise _fail(
+                path, f"factory = {factory!r}: write 'package.module:function' or 'file.py:function'", "factory"
+            )
         return Entry(factory=factory, settings=model_table, **common)
     family = model_table.pop("family", None)
     if family != "vae":
-        raise _fail(path, f"[model] needs family = \"vae\" (the built-in VAE/HVAE) or factory = "
-                          f"\"module:function\"; got family = {family!r}", "family")
+        raise _fail(
+            path,
+            f'[model] needs family = "vae" (the built-in VAE/HVAE) or factory = '
+            f'"module:function"; got family = {family!r}',
+            "family",
+        )
     return Entry(model=_typed(path, model_table, ModelConfig, "model"), **common)
 
 
@@ -212,8 +225,9 @@ def load_registry(dirs: Iterable[str | os.PathLike] | None = None) -> dict[str, 
                 continue
             entry = read_entry(path)
             if entry.name in entries:
-                raise RegistryError(f"two entries are named {entry.name!r}: {entries[entry.name].source} and "
-                                    f"{path}; rename one")
+                raise RegistryError(
+                    f"two entries are named {entry.name!r}: {entries[entry.name].source} and {path}; rename one"
+                )
             entries[entry.name] = entry
     return entries
 
@@ -224,8 +238,10 @@ def get(registry: dict[str, Entry], name: str) -> Entry:
         return registry[name]
     close = difflib.get_close_matches(name, registry, n=3, cutoff=0.5)
     hint = f"; did you mean {', '.join(close)}?" if close else "; `vaebench list` shows them"
-    raise UnknownModelError(f"unknown model {name!r}{hint} (outside entries join with --registry DIR; a one-off "
-                            "model with --model FILE.py:FUNCTION --checkpoint FILE --dataset NAME)")
+    raise UnknownModelError(
+        f"unknown model {name!r}{hint} (outside entries join with --registry DIR; a one-off "
+        "model with --model FILE.py:FUNCTION --checkpoint FILE --dataset NAME)"
+    )
 
 
 def resolve_factory(spec: str, base: Path) -> tuple[Callable[..., Any], Path | None]:
@@ -288,13 +304,17 @@ def build(entry: Entry, data: Dataset | None = None) -> Any:
     try:
         model = fn(**entry.settings)
     except Exception as err:
-        raise RegistryError(f"{entry.source}: factory {entry.factory!r} failed with settings {entry.settings} "
-                            f"({type(err).__name__}: {err})") from None
+        raise RegistryError(
+            f"{entry.source}: factory {entry.factory!r} failed with settings {entry.settings} "
+            f"({type(err).__name__}: {err})"
+        ) from None
     missing = missing_methods(model)
     if missing:
-        raise RegistryError(f"{entry.source}: factory {entry.factory!r} returned a {type(model).__name__} without "
-                            f"{', '.join(missing)}; the model interface needs posterior(x), prior() and "
-                            "likelihood(z) (see vaebench.core.interface)")
+        raise RegistryError(
+            f"{entry.source}: factory {entry.factory!r} returned a {type(model).__name__} without "
+            f"{', '.join(missing)}; the model interface needs posterior(x), prior() and "
+            "likelihood(z) (see vaebench.core.interface)"
+        )
     return model
 
 
@@ -305,8 +325,10 @@ def _state_dict(saved: Any, path: Path) -> tuple[dict[str, torch.Tensor], dict[s
     else:
         weights, meta = saved, {}
     if not isinstance(weights, dict) or not all(isinstance(v, torch.Tensor) for v in weights.values()):
-        raise CheckpointError(f"checkpoint {path} holds no state_dict (a dict of tensors, alone or under 'model'); "
-                              "save one with torch.save({'model': model.state_dict()}, path)")
+        raise CheckpointError(
+            f"checkpoint {path} holds no state_dict (a dict of tensors, alone or under 'model'); "
+            "save one with torch.save({'model': model.state_dict()}, path)"
+        )
     if not isinstance(meta, dict):
         raise CheckpointError(f"checkpoint {path}: 'meta' is a {type(meta).__name__}, not a dict; re-save it")
     return weights, meta
@@ -318,13 +340,21 @@ def check_weights(model: torch.nn.Module, weights: dict[str, torch.Tensor], path
     own = model.state_dict()
     missing = [k for k in own if k not in weights]
     unexpected = [k for k in weights if k not in own]
-    shapes = [f"{k} {tuple(weights[k].shape)} (model {tuple(v.shape)})" for k, v in own.items()
-              if k in weights and weights[k].shape != v.shape]
-    dtypes = [f"{k} {weights[k].dtype} (model {v.dtype})" for k, v in own.items()
-              if k in weights and weights[k].dtype != v.dtype]
-    problems = [f"{label}: {', '.join(items[:5])}{' ...' if len(items) > 5 else ''}"
-                for label, items in (("missing", missing), ("unexpected", unexpected), ("shape", shapes),
-                                     ("dtype", dtypes)) if items]
+    shapes = [
+        f"{k} {tuple(weights[k].shape)} (model {tuple(v.shape)})"
+        for k, v in own.items()
+        if k in weights and weights[k].shape != v.shape
+    ]
+    dtypes = [
+        f"{k} {weights[k].dtype} (model {v.dtype})"
+        for k, v in own.items()
+        if k in weights and weights[k].dtype != v.dtype
+    ]
+    problems = [
+        f"{label}: {', '.join(items[:5])}{' ...' if len(items) > 5 else ''}"
+        for label, items in (("missing", missing), ("unexpected", unexpected), ("shape", shapes), ("dtype", dtypes))
+        if items
+    ]
     if problems:
         raise CheckpointError(f"checkpoint {path} does not fit the model ({'; '.join(problems)})")
 
@@ -338,15 +368,18 @@ def load(entry: Entry) -> Any:
     if meta.get("name", entry.name) != entry.name:
         raise CheckpointError(f"checkpoint {entry.checkpoint} holds model {meta['name']!r}, not {entry.name!r}; {fix}")
     if entry.model is not None and meta.get("model", asdict(entry.model)) != asdict(entry.model):
-        raise CheckpointError(f"checkpoint {entry.checkpoint} was trained with model settings {meta['model']}, but "
-                              f"entry {entry.name!r} ({entry.source}) says {asdict(entry.model)}; {fix}")
+        raise CheckpointError(
+            f"checkpoint {entry.checkpoint} was trained with model settings {meta['model']}, but "
+            f"entry {entry.name!r} ({entry.source}) says {asdict(entry.model)}; {fix}"
+        )
     if isinstance(model, torch.nn.Module):
         check_weights(model, weights, entry.checkpoint)
         model.load_state_dict(weights)
         bad = [k for k, v in model.state_dict().items() if v.is_floating_point() and not v.isfinite().all()]
         if bad:
-            raise CheckpointError(f"checkpoint {entry.checkpoint} holds NaN or infinite values in "
-                                  f"{', '.join(bad[:3])}; {fix}")
+            raise CheckpointError(
+                f"checkpoint {entry.checkpoint} holds NaN or infinite values in {', '.join(bad[:3])}; {fix}"
+            )
         return model.eval()
     if callable(getattr(model, "load_state_dict", None)):
         model.load_state_dict(weights)

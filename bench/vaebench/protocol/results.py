@@ -38,8 +38,9 @@ def check_writable(folder: Path) -> None:
         probe.write_text("")
         probe.unlink()
     except OSError as err:
-        raise ResultsError(f"output folder {folder} cannot be written ({err.strerror}); choose another with --out") \
-            from None
+        raise ResultsError(
+            f"output folder {folder} cannot be written ({err.strerror}); choose another with --out"
+        ) from None
 
 
 def record_path(out: Path, name: str) -> Path:
@@ -80,8 +81,10 @@ def check_replaceable(out: Path, name: str, key: dict) -> None:
     stored_key, _ = read_record(path)
     changed = [f"{k}={stored_key.get(k)} (now {key[k]})" for k in SETTING_KEYS if stored_key.get(k) != key[k]]
     if changed:
-        raise ResultsError(f"{path} holds {name}'s record made with {', '.join(changed)}; write this run elsewhere "
-                           "with --out DIR, or replace it with --force")
+        raise ResultsError(
+            f"{path} holds {name}'s record made with {', '.join(changed)}; write this run elsewhere "
+            "with --out DIR, or replace it with --force"
+        )
 
 
 def _gzip_csv(frame: pd.DataFrame) -> bytes:
@@ -94,15 +97,18 @@ def _gzip_csv(frame: pd.DataFrame) -> bytes:
 
 def save_record(out: Path, name: str, key: dict, record: Record, per_example: dict[str, torch.Tensor]) -> None:
     """Store a record (JSON) and its per-example values (gzipped CSV), both atomically."""
-    frame = pd.DataFrame({k: v.double().numpy() if v.is_floating_point() else v.numpy()
-                          for k, v in per_example.items()}).set_index("test_index")
+    frame = pd.DataFrame(
+        {k: v.double().numpy() if v.is_floating_point() else v.numpy() for k, v in per_example.items()}
+    ).set_index("test_index")
     try:
         with atomic_path(per_example_path(out, name)) as tmp:
             tmp.write_bytes(_gzip_csv(frame))
         atomic_write_text(record_path(out, name), json.dumps({"key": key, "record": record.to_flat()}, indent=1) + "\n")
     except OSError as err:
-        raise ResultsError(f"could not write {name}'s results under {out} ({err.strerror or err}); the previous "
-                           "files are intact: free space or choose another folder with --out") from None
+        raise ResultsError(
+            f"could not write {name}'s results under {out} ({err.strerror or err}); the previous "
+            "files are intact: free space or choose another folder with --out"
+        ) from None
 
 
 def record_files(out: Path) -> list[Path]:
@@ -141,6 +147,8 @@ def write_metrics_csv(out: Path, records: list[Record] | None = None) -> Path:
         try:
             atomic_write_text(path, frame.to_csv(index=False, float_format="%.6f"))
         except OSError as err:
-            raise ResultsError(f"could not write {path} ({err.strerror or err}); the previous file is intact: "
-                               "free space or choose another folder with --out") from None
+            raise ResultsError(
+                f"could not write {path} ({err.strerror or err}); the previous file is intact: "
+                "free space or choose another folder with --out"
+            ) from None
     return path

@@ -35,8 +35,9 @@ def resolve_device(name: str) -> torch.device:
     if device.type not in ("cpu", "cuda"):
         raise SettingsError(f"--device {name}: only cpu and cuda are supported")
     if device.type == "cuda" and (not torch.cuda.is_available() or (device.index or 0) >= torch.cuda.device_count()):
-        raise SettingsError(f"--device {name}: no such CUDA device here ({torch.cuda.device_count()} visible); "
-                            "use --device cpu")
+        raise SettingsError(
+            f"--device {name}: no such CUDA device here ({torch.cuda.device_count()} visible); use --device cpu"
+        )
     return device
 
 
@@ -65,8 +66,12 @@ def record_key(entry: Entry, data: Dataset, settings: Settings) -> dict:
     """What fixes an entry's numbers: checkpoint, model code (factories), data, protocol version and settings.
     Device and backend are recorded but not keyed: they change rounding and which seeded samples are drawn
     between CPU and CUDA, not what is estimated."""
-    return {"checkpoint_sha256": registry.file_hash(entry.checkpoint), **registry.model_key(entry),
-            **settings.key(len(data.test)), "data_sha256": registry.data_checksum(data)}
+    return {
+        "checkpoint_sha256": registry.file_hash(entry.checkpoint),
+        **registry.model_key(entry),
+        **settings.key(len(data.test)),
+        "data_sha256": registry.data_checksum(data),
+    }
 
 
 def check_trained(entries: list[Entry]) -> None:
@@ -75,9 +80,18 @@ def check_trained(entries: list[Entry]) -> None:
         raise SettingsError(f"not trained: {', '.join(missing)}; run `vaebench train NAME` first")
 
 
-def evaluate_entries(entries: list[Entry], settings: Settings, out: Path, *, device: str = "auto",
-                     data_dir: str | os.PathLike | None = None, reuse: bool = True, store: bool = True,
-                     force: bool = False, say=print) -> list[Record]:
+def evaluate_entries(
+    entries: list[Entry],
+    settings: Settings,
+    out: Path,
+    *,
+    device: str = "auto",
+    data_dir: str | os.PathLike | None = None,
+    reuse: bool = True,
+    store: bool = True,
+    force: bool = False,
+    say=print,
+) -> list[Record]:
     """Run the protocol on each entry. ``reuse``: take stored records whose key is unchanged and keep
     per-batch progress for resuming; ``store``: write the records (rank 0 of a ``torchrun`` group only);
     ``force``: replace a stored record made with other settings (refused otherwise)."""
@@ -91,34 +105,44 @@ def evaluate_entries(entries: list[Entry], settings: Settings, out: Path, *, dev
             datasets[entry.dataset, entry.n_valid] = entry.load_data(data_dir)
         data = datasets[entry.dataset, entry.n_valid]
         if settings.n_test is not None and settings.n_test > len(data.test):
-            raise SettingsError(f"--n-test {settings.n_test}: {entry.name}'s test set ({entry.dataset}) has "
-                                f"{len(data.test)} points; choose 1..{len(data.test)}")
+            raise SettingsError(
+                f"--n-test {settings.n_test}: {entry.name}'s test set ({entry.dataset}) has "
+                f"{len(data.test)} points; choose 1..{len(data.test)}"
+            )
         key = record_key(entry, data, settings)
         cached = load_record(out, entry.name, key) if reuse else None
         if cached is not None:
-            say(f"{entry.name}: unchanged, reusing the stored record (made on {cached.device} with the "
-                f"{cached.backend} backend; --force re-runs)")
+            say(
+                f"{entry.name}: unchanged, reusing the stored record (made on {cached.device} with the "
+                f"{cached.backend} backend; --force re-runs)"
+            )
             records.append(cached)
             continue
         if store and not force:
             check_replaceable(out, entry.name, key)
         model = registry.load(entry)
         code = source_hash()
-        progress = out / ".cache" / f"{entry.name}-{key['checkpoint_sha256'][:12]}-k{settings.k}.progress.pt" \
-            if reuse else None
+        progress = (
+            out / ".cache" / f"{entry.name}-{key['checkpoint_sha256'][:12]}-k{settings.k}.progress.pt"
+            if reuse
+            else None
+        )
         fingerprint = f"{sorted(key.items())}|{code}"
-        record, per_example = evaluate(model, data, settings, device=torch_device, name=entry.name,
-                                       progress_path=progress, fingerprint=fingerprint)
-        record = replace(record, code_version=code_version(), source_sha256=code,
-                         checkpoint_sha256=key["checkpoint_sha256"])
+        record, per_example = evaluate(
+            model, data, settings, device=torch_device, name=entry.name, progress_path=progress, fingerprint=fingerprint
+        )
+        record = replace(
+            record, code_version=code_version(), source_sha256=code, checkpoint_sha256=key["checkpoint_sha256"]
+        )
         if store and rank == 0:
             save_record(out, entry.name, key, record, per_example)
         if progress is not None:
             if world > 1:
                 torch.distributed.barrier()  # rank 0 has stored the record
             rank_progress_path(progress).unlink(missing_ok=True)
-        say(f"{entry.name}: log p(x) >= {record.log_likelihood:.3f} ± {record.log_likelihood_se:.3f} "
-            f"(K={settings.k}, n={record.n_test}, {record.wall_time_s:.1f} s)")
+        say(
+            f"{entry.name}: log p(x) >= {record.log_likelihood:.3f} ± {record.log_likelihood_se:.3f} "
+            f"(K={settings.k}, n={record.n_test}, {record.wall_time_s:.1f} s)"
+        )
         records.append(record)
     return records
-

@@ -35,8 +35,14 @@ class Settings:
     backend: str = "torch"
 
     def __post_init__(self) -> None:
-        bounds = {"k": (1, MAX_K), "seed": (0, MAX_SEED), "surgery_samples": (1, MAX_SURGERY_SAMPLES),
-                  "batch_size": (1, 100_000), "n_test": (1, None), "chunk_size": (1, None)}
+        bounds = {
+            "k": (1, MAX_K),
+            "seed": (0, MAX_SEED),
+            "surgery_samples": (1, MAX_SURGERY_SAMPLES),
+            "batch_size": (1, 100_000),
+            "n_test": (1, None),
+            "chunk_size": (1, None),
+        }
         for name, (low, high) in bounds.items():
             value = getattr(self, name)
             if value is None and name in ("n_test", "chunk_size"):
@@ -58,5 +64,10 @@ class Settings:
         """What determines the numbers (with the checkpoint and the data): protocol version, k, the number
         of test points evaluated (of ``n_total``), seed and surgery draws."""
         fields = asdict(self)
-        return {"protocol_version": PROTOCOL_VERSION, "k": self.k, "n_test": self.n_test or n_total,
-                "seed": self.seed, "surgery_samples": fields["surgery_samples"]}
+        return {
+            "protocol_version": PROTOCOL_VERSION,
+            "k": self.k,
+            "n_test": self.n_test or n_total,
+            "seed": self.seed,
+            "surgery_samples": fields["surgery_samples"],
+        }
