@@ -11,7 +11,7 @@ Rounds: with ``--benchmark-only`` or ``--benchmark-enable`` (``tox -e benchmark`
 runs ``ROUNDS`` timed rounds after one warm-up round. In any other run, such as the plain
 ``pytest tests`` of CI where pytest-benchmark is installed and enabled, each runs once, a few
 seconds on 2 CPU cores. The Triton cases need CUDA and a compiled Triton: under the CPU interpreter
-(``TRITON_INTERPRET=1``) the kernels are tested for correctness in ``tests/test_kernels.py``, not timed.
+(``TRITON_INTERPRET=1``) the kernels are tested for correctness in ``tests/core/test_kernels.py``, not timed.
 """
 
 import math

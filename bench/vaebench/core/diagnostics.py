@@ -153,7 +153,7 @@ def iwae_jackknife(lw: Tensor, *, groups: int = JVI_SE_GROUPS) -> JackknifeResul
     roughly 1 / sqrt(2 (G - 1)) ~ 16% per example at G = 20, at G times the cost of JVI_1 itself and with
     no extra memory beyond one [K, B] copy; the nested exact jackknife (leave-two-out sums) would cost
     O(K^2 B). On a Gaussian toy with bounded weights its mean matches the re-seeded spread of JVI_1 to a
-    few percent for K = 5..500 (tests/test_diagnostics.py); like ``mc_se`` it turns optimistic when the
+    few percent for K = 5..500 (tests/core/test_diagnostics.py); like ``mc_se`` it turns optimistic when the
     weights are heavy-tailed (k_hat >= 0.5).
     """
     if groups < 2:

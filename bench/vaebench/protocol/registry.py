@@ -33,7 +33,7 @@ import torch
 
 from vaebench.core.interface import missing_methods
 from vaebench.families.vae import ModelConfig, build_model
-from vaebench.protocol.checkpoint import CheckpointError, load_state
+from vaebench.protocol.checkpoint import CheckpointError, check_weights, load_state
 from vaebench.protocol.datasets import DATASETS, Dataset, load_dataset
 from vaebench.protocol.train import TrainConfig
 
@@ -318,52 +318,19 @@ def build(entry: Entry, data: Dataset | None = None) -> Any:
     return model
 
 
-def _state_dict(saved: Any, path: Path) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
-    """(weights, meta) from a loaded checkpoint: ``{"model": state_dict, "meta": {...}}`` or a bare state_dict."""
-    if isinstance(saved, dict) and "model" in saved:
-        weights, meta = saved["model"], saved.get("meta", {})
-    else:
-        weights, meta = saved, {}
-    if not isinstance(weights, dict) or not all(isinstance(v, torch.Tensor) for v in weights.values()):
-        raise CheckpointError(
-            f"checkpoint {path} holds no state_dict (a dict of tensors, alone or under 'model'); "
-            "save one with torch.save({'model': model.state_dict()}, path)"
-        )
-    if not isinstance(meta, dict):
-        raise CheckpointError(f"checkpoint {path}: 'meta' is a {type(meta).__name__}, not a dict; re-save it")
-    return weights, meta
-
-
-def check_weights(model: torch.nn.Module, weights: dict[str, torch.Tensor], path: Path) -> None:
-    """Raise :class:`CheckpointError` naming the missing, unexpected and mis-shaped keys and any tensor
-    whose dtype differs from the model's (no silent casts)."""
-    own = model.state_dict()
-    missing = [k for k in own if k not in weights]
-    unexpected = [k for k in weights if k not in own]
-    shapes = [
-        f"{k} {tuple(weights[k].shape)} (model {tuple(v.shape)})"
-        for k, v in own.items()
-        if k in weights and weights[k].shape != v.shape
-    ]
-    dtypes = [
-        f"{k} {weights[k].dtype} (model {v.dtype})"
-        for k, v in own.items()
-        if k in weights and weights[k].dtype != v.dtype
-    ]
-    problems = [
-        f"{label}: {', '.join(items[:5])}{' ...' if len(items) > 5 else ''}"
-        for label, items in (("missing", missing), ("unexpected", unexpected), ("shape", shapes), ("dtype", dtypes))
-        if items
-    ]
-    if problems:
-        raise CheckpointError(f"checkpoint {path} does not fit the model ({'; '.join(problems)})")
+def weights_and_meta(saved: dict) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+    """(state_dict, meta) of a checkpoint that :func:`~vaebench.protocol.checkpoint.load_state` accepted:
+    ``{"model": state_dict, "meta": {...}}`` or a bare state_dict."""
+    if "model" in saved:
+        return saved["model"], saved.get("meta", {})
+    return saved, {}
 
 
 def load(entry: Entry) -> Any:
     """The trained model of ``entry`` from its checkpoint, checked against the entry (name, settings,
     keys, shapes, dtypes, finite values)."""
     model = build(entry)
-    weights, meta = _state_dict(load_state(entry.checkpoint), entry.checkpoint)
+    weights, meta = weights_and_meta(load_state(entry.checkpoint))
     fix = f"retrain with `vaebench train {entry.name}` or restore the file with git"
     if meta.get("name", entry.name) != entry.name:
         raise CheckpointError(f"checkpoint {entry.checkpoint} holds model {meta['name']!r}, not {entry.name!r}; {fix}")

@@ -6,6 +6,7 @@ log w^beta = log p(x|z_k) + beta (log p(z_k) - log q(z_k|x)):
 Model selection: the best validation ELBO (beta = 1); stop after
 ``patience`` epochs without improvement, counted only once warm-up is over.
 """
+
 from __future__ import annotations
 
 import json
@@ -18,10 +19,10 @@ from pathlib import Path
 import torch
 from tqdm import tqdm
 
-from vaebench.protocol.datasets import Dataset
 from vaebench.core.estimators import elbo, sample_posterior
-from vaebench.protocol.settings import SettingsError
 from vaebench.protocol.checkpoint import CheckpointError, atomic_save, atomic_write_json, load_state, weight_problems
+from vaebench.protocol.datasets import Dataset
+from vaebench.protocol.settings import SettingsError
 
 
 @dataclass
@@ -89,7 +90,7 @@ def objective(model, x: torch.Tensor, k: int, beta: float, kind: str = "iwae") -
 @torch.no_grad()
 def validation_elbo(model, x: torch.Tensor, batch_size: int = 1000) -> float:
     """Mean ELBO (beta = 1, one sample per example) over the validation split, in nats."""
-    values = [elbo(model, x[i:i + batch_size]) for i in range(0, len(x), batch_size)]
+    values = [elbo(model, x[i : i + batch_size]) for i in range(0, len(x), batch_size)]
     return float(torch.cat(values).double().mean())
 
 
@@ -99,7 +100,7 @@ def _load_weights(model: torch.nn.Module, saved: dict, path: Path, opt: torch.op
     written for another architecture or converted."""
     fix = "it was written for other registry settings; delete it to train from scratch, or restore it with git"
     if "model" not in saved:
-        raise CheckpointError(f"{path} holds no \"model\" entry (a bare state_dict?); {fix}")
+        raise CheckpointError(f'{path} holds no "model" entry (a bare state_dict?); {fix}')
     problems = weight_problems(model, saved["model"])
     if problems:
         raise CheckpointError(f"{path} does not match this model ({'; '.join(problems)}): {fix}")
@@ -118,8 +119,9 @@ def _check_optimizer(opt: torch.optim.Optimizer) -> None:
         for param in group["params"]:
             for name, value in opt.state.get(param, {}).items():
                 if isinstance(value, torch.Tensor) and value.ndim > 0 and value.shape != param.shape:
-                    raise ValueError(f"optimizer state {name!r} has shape {tuple(value.shape)}, its parameter "
-                                     f"{tuple(param.shape)}")
+                    raise ValueError(
+                        f"optimizer state {name!r} has shape {tuple(value.shape)}, its parameter {tuple(param.shape)}"
+                    )
 
 
 def _restore_state(model: torch.nn.Module, opt: torch.optim.Optimizer, gen: torch.Generator, path: Path) -> dict:
@@ -133,9 +135,11 @@ def _restore_state(model: torch.nn.Module, opt: torch.optim.Optimizer, gen: torc
         gen.set_state(saved["data_rng"])
         torch.set_rng_state(saved["torch_rng"])
     except (KeyError, TypeError, ValueError, RuntimeError) as err:
-        raise CheckpointError(f"training state {path} is damaged or from another version ({type(err).__name__}: "
-                              f"{str(err).splitlines()[0] if str(err) else ''}); delete it to continue from the "
-                              "best checkpoint beside it (or from scratch)") from None
+        raise CheckpointError(
+            f"training state {path} is damaged or from another version ({type(err).__name__}: "
+            f"{str(err).splitlines()[0] if str(err) else ''}); delete it to continue from the "
+            "best checkpoint beside it (or from scratch)"
+        ) from None
     return progress
 
 
@@ -155,13 +159,13 @@ def _read_history(path: Path) -> dict:
     """The training record ``checkpoint.json`` beside a best checkpoint, checked for what a warm restart needs
     (epochs, history with epochs, best validation ELBO, wall time, finished); a :class:`CheckpointError`
     naming ``path`` and the fix otherwise."""
-    fix = (f"restore it with `git checkout -- {path}`, or delete it (and the checkpoint beside it) to train "
-           "from scratch")
+    fix = f"restore it with `git checkout -- {path}`, or delete it (and the checkpoint beside it) to train from scratch"
     try:
         info = json.loads(path.read_text(encoding="utf-8"))
     except json.JSONDecodeError as err:
-        raise CheckpointError(f"{path} is not valid JSON ({err.msg}, line {err.lineno}): it is truncated or "
-                              f"damaged; {fix}") from None
+        raise CheckpointError(
+            f"{path} is not valid JSON ({err.msg}, line {err.lineno}): it is truncated or damaged; {fix}"
+        ) from None
     except (OSError, UnicodeDecodeError) as err:
         raise CheckpointError(f"{path} cannot be read ({type(err).__name__}: {err}); {fix}") from None
     problem = _history_problem(info)
@@ -198,12 +202,26 @@ def _warm_restart(model: torch.nn.Module, best_path: Path, seed: int, gen: torch
     gen.manual_seed(seed + info["epochs"])
     torch.manual_seed(seed + info["epochs"])
     history = info["history"] + [{"epoch": info["epochs"], "event": "warm restart from the best checkpoint"}]
-    return {"epoch": info["epochs"], "best": float(info["best_valid_elbo"]), "since_best": since_best,
-            "history": history, "wall_time": float(info["wall_time_s"]), "done": info["finished"]}
+    return {
+        "epoch": info["epochs"],
+        "best": float(info["best_valid_elbo"]),
+        "since_best": since_best,
+        "history": history,
+        "wall_time": float(info["wall_time_s"]),
+        "done": info["finished"],
+    }
 
 
-def train(build: Callable[[], torch.nn.Module], data: Dataset, cfg: TrainConfig, state_path: Path,
-          best_path: Path, metadata: dict, max_epochs: int | None = None, device: str = "cpu") -> dict:
+def train(
+    build: Callable[[], torch.nn.Module],
+    data: Dataset,
+    cfg: TrainConfig,
+    state_path: Path,
+    best_path: Path,
+    metadata: dict,
+    max_epochs: int | None = None,
+    device: str = "cpu",
+) -> dict:
     """Train the model that ``build()`` makes, after seeding every generator with ``cfg.seed`` (so two fresh
     runs give bit-identical weights on the CPU), and return its history; resumes from ``state_path``
     when it exists.
@@ -230,8 +248,14 @@ def train(build: Callable[[], torch.nn.Module], data: Dataset, cfg: TrainConfig,
         st = _warm_restart(model, best_path, cfg.seed, gen)
     limit = cfg.max_epochs if max_epochs is None else min(cfg.max_epochs, st["epoch"] + max_epochs)
     valid = data.valid.to(device)
-    bar = tqdm(range(st["epoch"], limit), desc=metadata.get("name", "train"), unit="epoch",
-               initial=st["epoch"], total=cfg.max_epochs, disable=None)
+    bar = tqdm(
+        range(st["epoch"], limit),
+        desc=metadata.get("name", "train"),
+        unit="epoch",
+        initial=st["epoch"],
+        total=cfg.max_epochs,
+        disable=None,
+    )
     for epoch in bar:
         if st["done"]:
             break
@@ -243,7 +267,7 @@ def train(build: Callable[[], torch.nn.Module], data: Dataset, cfg: TrainConfig,
         order = torch.randperm(len(x_all), generator=gen)
         total = 0.0
         for i in range(0, len(order), cfg.batch_size):
-            x = x_all[order[i:i + cfg.batch_size]].to(device)
+            x = x_all[order[i : i + cfg.batch_size]].to(device)
             loss = -objective(model, x, cfg.k, beta, cfg.objective).mean()
             opt.zero_grad(set_to_none=True)
             loss.backward()
@@ -251,23 +275,49 @@ def train(build: Callable[[], torch.nn.Module], data: Dataset, cfg: TrainConfig,
             total -= float(loss.detach()) * len(x)
         val = validation_elbo(model, valid)
         if not math.isfinite(val):
-            raise FloatingPointError(f"{metadata.get('name')}: validation ELBO is {val} at epoch {epoch + 1}; "
-                                     "lower the learning rate or check the data")
+            raise FloatingPointError(
+                f"{metadata.get('name')}: validation ELBO is {val} at epoch {epoch + 1}; "
+                "lower the learning rate or check the data"
+            )
         st["epoch"] = epoch + 1
         st["wall_time"] += time.perf_counter() - start
-        st["history"].append({"epoch": epoch + 1, "beta": beta, "lr": learning_rate(cfg, epoch),
-                              "train_objective": total / len(order),
-                              "valid_elbo": val, "seconds": time.perf_counter() - start})
+        st["history"].append(
+            {
+                "epoch": epoch + 1,
+                "beta": beta,
+                "lr": learning_rate(cfg, epoch),
+                "train_objective": total / len(order),
+                "valid_elbo": val,
+                "seconds": time.perf_counter() - start,
+            }
+        )
         if val > st["best"]:
             st["best"], st["since_best"] = val, 0
             atomic_save({"model": model.state_dict(), "meta": {**metadata, "train": asdict(cfg)}}, best_path)
         elif epoch + 1 > cfg.warmup_epochs:
             st["since_best"] += 1
         st["done"] = st["since_best"] >= cfg.patience or st["epoch"] >= cfg.max_epochs
-        atomic_save({"model": model.state_dict(), "optimizer": opt.state_dict(), "data_rng": gen.get_state(),
-                     "torch_rng": torch.get_rng_state(), "progress": st}, state_path)
-        atomic_write_json({**metadata, "train": asdict(cfg), "best_valid_elbo": st["best"], "epochs": st["epoch"],
-                           "finished": st["done"], "wall_time_s": st["wall_time"], "history": st["history"]},
-                          best_path.with_suffix(".json"))
+        atomic_save(
+            {
+                "model": model.state_dict(),
+                "optimizer": opt.state_dict(),
+                "data_rng": gen.get_state(),
+                "torch_rng": torch.get_rng_state(),
+                "progress": st,
+            },
+            state_path,
+        )
+        atomic_write_json(
+            {
+                **metadata,
+                "train": asdict(cfg),
+                "best_valid_elbo": st["best"],
+                "epochs": st["epoch"],
+                "finished": st["done"],
+                "wall_time_s": st["wall_time"],
+                "history": st["history"],
+            },
+            best_path.with_suffix(".json"),
+        )
         bar.set_postfix(valid_elbo=f"{val:.2f}", best=f"{st['best']:.2f}", beta=f"{beta:.2f}")
     return st

@@ -10,7 +10,7 @@ import pandas as pd
 import pytest
 import torch
 
-from tests.test_compare import make_record, store
+from tests.report.test_compare import make_record, store
 from vaebench import cli
 from vaebench.families.vae import ModelConfig, build_model
 from vaebench.protocol import registry

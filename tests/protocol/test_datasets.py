@@ -34,6 +34,22 @@ def write_idx(path: Path, array: np.ndarray, magic: int | None = None) -> None:
     )
 
 
+@pytest.fixture
+def small_idx(monkeypatch):
+    """Expect small IDX files of any intensity (the canonical counts and intensities are tested on the real files in
+    tests/protocol/test_datasets_reliability.py); call it with the counts that :func:`fake_mnist` writes."""
+    from dataclasses import replace
+
+    from vaebench.protocol import datasets
+
+    def expect(n_train: int = 50, n_test: int = 20) -> None:
+        for name, spec in list(datasets.IDX_SPECS.items()):
+            small = replace(spec, counts={"train": n_train, "t10k": n_test}, intensity=(0.0, 1.0))
+            monkeypatch.setitem(datasets.IDX_SPECS, name, small)
+
+    return expect
+
+
 def fake_mnist(root: Path, folder: str = "MNIST", n_train: int = 50, n_test: int = 20, seed: int = 0) -> None:
     rng = np.random.default_rng(seed)
     raw = root / folder / "raw"
@@ -82,7 +98,8 @@ def _no_network(*args, **kwargs):
     raise OSError("network unreachable")
 
 
-def test_dynamic_mnist_split_and_fixed_binarization(tmp_path):
+def test_dynamic_mnist_split_and_fixed_binarization(tmp_path, small_idx):
+    small_idx()
     fake_mnist(tmp_path)
     a = load_dataset("mnist", tmp_path, n_valid=10, binarize_seed=3)
     b = load_dataset("mnist", tmp_path, n_valid=10, binarize_seed=3)
@@ -97,20 +114,23 @@ def test_dynamic_mnist_split_and_fixed_binarization(tmp_path):
     check_binary(epoch1)
 
 
-def test_fashion_mnist_reads_its_own_folder(tmp_path):
+def test_fashion_mnist_reads_its_own_folder(tmp_path, small_idx):
+    small_idx(30, 5)
     fake_mnist(tmp_path, "FashionMNIST", n_train=30, n_test=5)
     data = load_dataset("fashion-mnist", tmp_path, n_valid=6)
     assert (len(data.train), len(data.valid), len(data.test)) == (24, 6, 5)
 
 
-def test_idx_with_wrong_magic_number_is_a_clear_error(tmp_path):
+def test_idx_with_wrong_magic_number_is_a_clear_error(tmp_path, small_idx):
+    small_idx()
     fake_mnist(tmp_path)
     write_idx(tmp_path / "MNIST" / "raw" / "t10k-images-idx3-ubyte", np.zeros((20, 28, 28)), magic=0x1234)
     with pytest.raises(DataError, match="could not read the IDX files"):
         load_dataset("mnist", tmp_path, n_valid=10)
 
 
-def test_truncated_idx_file_is_a_clear_error(tmp_path):
+def test_truncated_idx_file_is_a_clear_error(tmp_path, small_idx):
+    small_idx()
     fake_mnist(tmp_path)
     images = tmp_path / "MNIST" / "raw" / "train-images-idx3-ubyte"
     images.write_bytes(images.read_bytes()[:-100])  # the header promises more pixels than follow
@@ -118,7 +138,8 @@ def test_truncated_idx_file_is_a_clear_error(tmp_path):
         load_dataset("mnist", tmp_path, n_valid=10)
 
 
-def test_empty_split_is_refused(tmp_path):
+def test_empty_split_is_refused(tmp_path, small_idx):
+    small_idx(50, 0)
     fake_mnist(tmp_path, n_train=50, n_test=0)
     with pytest.raises(DataError, match="could not read the IDX files"):  # torchvision cannot read 0 images
         load_dataset("mnist", tmp_path, n_valid=10)
@@ -154,7 +175,7 @@ def test_real_binarized_mnist():
     data = load_dataset("binarized-mnist", SHARED)
     assert (data.train.shape, data.valid.shape, data.test.shape) == ((50000, 784), (10000, 784), (10000, 784))
     # the very bits the committed VampPrior-paper checkpoints were trained on (checksum in their JSON)
-    from vaebench.protocol.registry import CHECKPOINTS, data_checksum
+    from vaebench.protocol.registry import builtin_registry, data_checksum
 
-    trained_on = json.loads((CHECKPOINTS / "vae-standard.json").read_text())["data_sha256"]
+    trained_on = json.loads((builtin_registry() / "vae-standard" / "checkpoint.json").read_text())["data_sha256"]
     assert data_checksum(data) == trained_on
