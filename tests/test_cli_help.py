@@ -32,7 +32,7 @@ def test_every_subcommand_is_listed_with_help():
     assert set(helps) == set(action.choices)
     assert all(helps.values()), helps
     for name in action.choices:
-        assert f"  {name} " in top.description  # the module docstring's overview names every command
+        assert f"\n{name} " in top.description  # the module docstring's overview names every command, a line each
 
 
 @pytest.mark.parametrize("command", sorted(subcommands()))

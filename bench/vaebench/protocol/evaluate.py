@@ -21,7 +21,7 @@ from tqdm import tqdm
 
 from vaebench.core.estimators import elbo, iwae_bounds
 from vaebench.core.metrics import NotGaussianPosterior, active_units, elbo_surgery
-from vaebench.protocol.datasets import Dataset, check_binary
+from vaebench.protocol.datasets import Dataset
 from vaebench.protocol.files import atomic_path
 from vaebench.protocol.record import Record, SurgeryTerms
 from vaebench.protocol.settings import PROTOCOL_VERSION, Settings
@@ -179,7 +179,7 @@ def evaluate(
     model = model.to(device) if hasattr(model, "to") else model
     ids = test_subset(n_total, n_test)
     x = dataset.test[ids].to(device)
-    check_binary(x, f"{dataset.name} test split")
+    dataset.check_values(x, f"{dataset.name} test split")
     ks, k, seed, batch_size = settings.ladder, settings.k, settings.seed, settings.batch_size
     bounds, mc_var = per_example_bounds(
         model, x, ks, seed, batch_size, settings.chunk_size, name, progress_path, settings.backend, ids, fingerprint
