@@ -291,6 +291,11 @@ def parser() -> argparse.ArgumentParser:
         prog="vaebench", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     _common(p, suppress=False)
+    p.add_argument(
+        "--out",
+        default="results",
+        help="results folder of the main job (eval, then report) when no subcommand is given (default %(default)s)",
+    )
     common = argparse.ArgumentParser(add_help=False)  # the same options after the subcommand
     _common(common, suppress=True)
     sub = p.add_subparsers(dest="command")
@@ -339,7 +344,6 @@ def parser() -> argparse.ArgumentParser:
         "chunk_size": None,
         "seed": 0,
         "backend": "torch",
-        "out": "results",
         "names": [],
         "force": False,
         "model": None,
