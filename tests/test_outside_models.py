@@ -44,6 +44,26 @@ def build(z_dim=3, hidden=16):
 
 def no_interface():
     return nn.Linear(2, 2)
+
+
+class Raising(TinyVAE):
+    def posterior(self, x):
+        raise ValueError("my posterior is broken")
+
+
+class NanElbo(TinyVAE):
+    def likelihood(self, z):
+        if z.dim() == 3 and z.shape[0] == 1:  # the ELBO's single draw, not the importance samples
+            return Independent(Bernoulli(logits=self.dec(z) * float("nan"), validate_args=False), 1)
+        return super().likelihood(z)
+
+
+def raising():
+    return Raising()
+
+
+def nan_elbo():
+    return NanElbo()
 '''
 
 
@@ -220,3 +240,65 @@ def test_one_off_usage_errors(outside, args, message):
         "eval", "--model", "my_vae.py:build", "--checkpoint", str(folder / "checkpoint.pt"), *args, cwd=folder
     )
     assert ran.returncode == 2 and message in ran.stderr and "Traceback" not in ran.stderr
+
+
+@pytest.mark.parametrize(
+    "factory,message",
+    [
+        (
+            "my_vae.py:raising",
+            "model mine-bad (my_vae.py:raising) failed during evaluation (ValueError: my posterior is",
+        ),
+        ("my_vae.py:nan_elbo", "model mine-bad: the ELBO is nan for test example"),
+    ],
+)
+def test_a_model_that_fails_or_gives_nan_is_one_line(outside, tmp_path, factory, message):
+    folder = outside / "reg" / "mine"
+    ran = run_bench(
+        "eval",
+        "--model",
+        factory,
+        "--checkpoint",
+        str(folder / "checkpoint.pt"),
+        "--dataset",
+        "digits",
+        "--name",
+        "mine-bad",
+        "--k",
+        "20",
+        "--n-test",
+        "30",
+        "--out",
+        str(tmp_path / "out"),
+        cwd=folder,
+    )
+    assert ran.returncode == 2 and "Traceback" not in ran.stderr and message in ran.stderr, ran.stderr
+    assert not (tmp_path / "out" / "records" / "mine-bad.json").exists()
+
+
+def test_one_off_names_do_not_replace_other_models(outside, tmp_path):
+    folder, out = outside / "reg" / "mine", tmp_path / "out"
+    args = [
+        "eval",
+        "--model",
+        "my_vae.py:build",
+        "--dataset",
+        "digits",
+        "--k",
+        "20",
+        "--n-test",
+        "30",
+        "--out",
+        str(out),
+    ]
+    taken = run_bench(*args, "--checkpoint", str(folder / "checkpoint.pt"), "--name", "digits-standard", cwd=folder)
+    assert taken.returncode == 2 and "a registry entry has that name" in taken.stderr
+    first = run_bench(*args, "--checkpoint", str(folder / "checkpoint.pt"), cwd=folder)
+    assert first.returncode == 0, first.stderr
+    assert (out / "records" / "mine.json").is_file()  # checkpoint.pt is named after its folder
+    state = torch.load(folder / "checkpoint.pt", weights_only=True)
+    other = tmp_path / "mine" / "checkpoint.pt"
+    other.parent.mkdir()
+    torch.save({"model": {k: v + 0.01 for k, v in state["model"].items()}}, other)
+    second = run_bench(*args, "--checkpoint", str(other), cwd=folder)
+    assert second.returncode == 2 and "checkpoint_sha256=" in second.stderr and "--force" in second.stderr

@@ -439,6 +439,7 @@ def _baseline(tmp_path: Path) -> Path:
         (lambda f: f.assign(value=float("nan")), 2, "not a finite number"),
         (lambda f: f.drop(columns=["se"]), 2, "lacks the columns se"),
         (lambda f: f.iloc[:0], 2, "has no rows"),
+        (lambda f: f.assign(metric="elbo"), 2, "names metrics it cannot check (elbo"),
     ],
 )
 def test_check_fails_on_a_damaged_baseline(tmp_path, damage, code, message):
@@ -512,3 +513,13 @@ def test_concurrent_evaluations_keep_every_row(tmp_path):
     for proc in procs:
         assert proc.wait(timeout=300) == 0, proc.stderr.read()
     assert sorted(pd.read_csv(out / "metrics.csv").model) == ["digits-standard", "digits-vampprior"]
+
+
+def test_check_update_refuses_to_mix_settings_and_names_the_way_out_of_a_damaged_baseline(tmp_path):
+    path = _baseline(tmp_path)  # k=20, n_test=30
+    pd.read_csv(path).assign(model="other").to_csv(path, index=False)
+    mixed = run_bench("check", "--update", TINY, "--baseline", str(path), "--k", "10", "--n-test", "30")
+    assert mixed.returncode == 2 and "other models' rows made with k, n_test = [(20, 30)]" in mixed.stderr
+    path.write_text("model,metric\n")
+    damaged = run_bench("check", "--update", TINY, "--baseline", str(path), "--k", "10", "--n-test", "30")
+    assert damaged.returncode == 2 and f"delete {path} first" in damaged.stderr

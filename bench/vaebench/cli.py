@@ -59,15 +59,21 @@ def _one_off(args: argparse.Namespace) -> Entry | None:
     checkpoint = Path(given["checkpoint"]).resolve()
     if not checkpoint.is_file():
         raise SettingsError(f"--checkpoint {given['checkpoint']}: no such file")
-    name = given["name"] or checkpoint.stem
-    if not name or any(c in name for c in "/\\ ") or name.startswith("."):
-        raise SettingsError(f"--name {name!r}: use a name without spaces or slashes")
+    # a checkpoint called checkpoint.pt (an entry folder's) is named after its folder
+    name = given["name"] or (checkpoint.parent.name if checkpoint.stem == "checkpoint" else checkpoint.stem)
+    if not registry.valid_name(name):
+        raise SettingsError(
+            f"--name {name!r}: use a printable name of at most 100 characters, without spaces or slashes"
+        )
+    if name in _registry(args):
+        raise SettingsError(f"--name {name}: a registry entry has that name; choose another for the one-off model")
     return Entry(
         name=name,
         dataset=given["dataset"],
         source=Path.cwd() / "(command line)",
         checkpoint=checkpoint,
         factory=given["model"],
+        one_off=True,
     )
 
 
@@ -362,7 +368,11 @@ def main(argv: list[str]) -> int:
     try:
         return args.func(args)
     except KeyboardInterrupt:
-        print("interrupted: finished work is saved; run the same command to resume", file=sys.stderr)
+        print(
+            "interrupted: results stored before are intact; run the same command to go on (eval resumes from "
+            "its last finished batch)",
+            file=sys.stderr,
+        )
         return 130
     except ERRORS as err:
         print(f"error: {err}", file=sys.stderr)

@@ -168,7 +168,19 @@ def test_code_version_ignores_what_training_and_evaluation_write(tmp_path, monke
         (lambda t: t.replace('family = "vae"', 'factory = "no_colon"'), r"factory = 'no_colon': write"),
         (lambda t: t.replace('name = "bad"', 'name = "a b"'), r"name = 'a b'"),
         (lambda t: t.replace('section = "tiny"', 'section = "main"'), r"section = 'main'"),
-        (lambda t: t + "\n[[published]]\npaper = 'p'\n", r"\[\[published\]\]"),
+        (lambda t: t + "\n[[published]]\npaper = 'p'\n", r"\[\[published\]\] lacks table, value"),
+        (
+            lambda t: t + "\n[[published]]\npaper = 'p'\ntable = 't'\nvalue = 'abc'\n",
+            r"value = 'abc' should be of type",
+        ),
+        (lambda t: t.replace('section = "tiny"', 'section = "tiny"\npublished = 5'), "published must be"),
+        (
+            lambda t: t.split("[train]")[0].replace('section = "tiny"', 'section = "tiny"\ntrain = "fast"'),
+            r"\[train\] must be a table",
+        ),
+        (lambda t: t.replace('net = "gated"', 'net = "transformer"'), r"line 12: \[model\] net = 'transformer'; use"),
+        (lambda t: t.replace("z_dim = 4", "z_dim = 0"), r"\[model\] z_dim = 0: must be at least 1"),
+        (lambda t: t.replace('name = "bad"', 'name = "a\\tb"'), r"name = 'a\\tb'"),
     ],
 )
 def test_a_bad_entry_file_is_named_with_its_line(tmp_path, edit, message):

@@ -69,8 +69,18 @@ def write_baseline(path: Path, records: list[Record]) -> int:
     """Write (or update) the baseline with ``records``' rows, keeping other models' rows; the row count."""
     rows = baseline_rows(records)
     if path.is_file():
-        kept = read_baseline(path)
-        rows = pd.concat([kept[~kept.model.isin(rows.model)], rows]).sort_values(["model", "metric"], kind="stable")
+        try:
+            kept = read_baseline(path)
+        except BaselineError as err:
+            raise BaselineError(f"{err}. To make it anew from this run alone, delete {path} first") from None
+        kept = kept[~kept.model.isin(rows.model)]
+        other = sorted({(int(k), int(n)) for k, n in zip(kept.k, kept.n_test)} - set(zip(rows.k, rows.n_test)))
+        if len(kept) and other:
+            raise BaselineError(
+                f"{path} holds other models' rows made with k, n_test = {other}, not this run's; "
+                "update every model at once (check --update without names) or use another --baseline"
+            )
+        rows = pd.concat([kept, rows]).sort_values(["model", "metric"], kind="stable")
     atomic_write_text(path, rows.to_csv(index=False, float_format="%.6f"))
     return len(rows)
 
@@ -89,6 +99,11 @@ def read_baseline(path: Path) -> pd.DataFrame:
         raise BaselineError(f"{path} lacks the columns {', '.join(missing)}; {fix}")
     if frame.empty:
         raise BaselineError(f"{path} has no rows; {fix}")
+    unknown = sorted(set(frame.metric) - set(CHECKED))
+    if unknown:
+        raise BaselineError(
+            f"{path} names metrics it cannot check ({', '.join(map(str, unknown))}; known: {', '.join(CHECKED)}); {fix}"
+        )
     numbers = frame[["value", "se", "k", "n_test"]].apply(pd.to_numeric, errors="coerce")
     bad = frame[~numbers.map(math.isfinite).all(axis=1) | (numbers["se"] < 0)]
     if len(bad):

@@ -191,6 +191,13 @@ def evaluate(
                 for i in range(0, n_test, batch_size)
             ]
         ).cpu()
+    bad = (~torch.isfinite(elbos)).nonzero()
+    if len(bad):
+        first = int(ids[int(bad[0])])
+        raise FloatingPointError(
+            f"model {name}: the ELBO is {float(elbos[int(bad[0])])} for test example {first}; "
+            "check the model's likelihood and posterior for NaN or infinite values"
+        )
     ll, ll_se = _mean_se(bounds[-1])
     el, el_se = _mean_se(elbos)
     count, _ = active_units(model, x)

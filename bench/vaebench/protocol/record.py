@@ -118,6 +118,11 @@ class Record:
             for key, v in flat.items()
             if key.startswith("L_") and key.endswith(suffix) and key[2 : -len(suffix)].isdigit()
         }
+        for name in ("log_likelihood", "elbo"):
+            if math.isnan(values[name]):
+                raise RecordError(f"field {name!r} is NaN")
+        if any(math.isnan(v) for v in values["bounds"].values()):
+            raise RecordError("an L_k field is NaN")
         if values["k"] not in values["bounds"]:
             raise RecordError(f"no L_{values['k']} for k = {values['k']}")
         values["surgery"] = None

@@ -25,7 +25,7 @@ import os
 import sys
 import tomllib
 from collections.abc import Callable, Iterable
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import MISSING, asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
@@ -46,6 +46,9 @@ def builtin_registry() -> Path:
     """The built-in registry: ``models/`` of the checkout, or its copy inside an installed package."""
     checkout = PACKAGE.parent.parent / "models"
     return checkout if checkout.is_dir() else PACKAGE / "_models"
+
+
+EXAMPLES = {("Published", "paper"): "", ("Published", "table"): "", ("Published", "value"): 0.0}
 
 
 class RegistryError(ValueError):
@@ -86,6 +89,7 @@ class Entry:
     n_valid: int | None = None
     section: str = ""
     published: tuple[Published, ...] = ()
+    one_off: bool = False  # given on the command line (--model), not by an entry file
 
     @property
     def history(self) -> Path:
@@ -124,13 +128,17 @@ def _fail(path: Path, message: str, key: str | None = None) -> RegistryError:
     return RegistryError(f"{path}{line}: {message}")
 
 
-def _typed(path: Path, table: dict[str, Any], cls: type, what: str) -> Any:
-    """A dataclass ``cls`` from a TOML table, with unknown keys and wrong types named."""
+def _typed(path: Path, table: dict[str, Any], cls: type, what: str, required: tuple[str, ...] = ()) -> Any:
+    """A dataclass ``cls`` from a TOML table, with unknown keys, missing ``required`` keys and wrong types named
+    (the type of a field is that of its default, or of ``EXAMPLES`` for fields without one)."""
     known = {f.name: f for f in fields(cls)}
+    missing = [key for key in required if key not in table]
+    if missing:
+        raise _fail(path, f"[{what}] lacks {', '.join(missing)}")
     for key, value in table.items():
         if key not in known:
             raise _fail(path, f"unknown key {key!r} in [{what}]; known: {', '.join(known)}", key)
-        default = getattr(cls(), key)
+        default = known[key].default if known[key].default is not MISSING else EXAMPLES[cls.__name__, key]
         ok = isinstance(value, type(default)) or (isinstance(default, float) and isinstance(value, int))
         if isinstance(default, tuple):
             ok = isinstance(value, list) and len(value) == len(default)
@@ -139,6 +147,31 @@ def _typed(path: Path, table: dict[str, Any], cls: type, what: str) -> Any:
             raise _fail(path, f"[{what}] {key} = {value!r} should be of type {type(default).__name__}", key)
         table = {**table, key: float(value) if isinstance(default, float) else value}
     return cls(**table)
+
+
+def valid_name(name: object) -> bool:
+    """A model name usable as a file name everywhere: printable, no spaces or slashes, not hidden, not too long."""
+    return (
+        isinstance(name, str)
+        and 0 < len(name) <= 100
+        and name.isprintable()
+        and not name.startswith(".")
+        and not any(c in name for c in "/\\ ")
+    )
+
+
+MODEL_CHOICES = {"net": ("gated", "tanh"), "prior": ("standard", "mog", "vamp", "vamp-data"), "levels": (1, 2)}
+
+
+def _checked_model(path: Path, config: ModelConfig) -> ModelConfig:
+    """``config`` if its choices are known and its sizes positive; a :class:`RegistryError` naming the key."""
+    for key, choices in MODEL_CHOICES.items():
+        if getattr(config, key) not in choices:
+            raise _fail(path, f"[model] {key} = {getattr(config, key)!r}; use one of {choices}", key)
+    for key in ("x_dim", "z_dim", "hidden", "depth", "n_components"):
+        if getattr(config, key) < 1:
+            raise _fail(path, f"[model] {key} = {getattr(config, key)}: must be at least 1", key)
+    return config
 
 
 def read_entry(path: Path) -> Entry:
@@ -157,7 +190,7 @@ def read_entry(path: Path) -> Entry:
         if key not in spec:
             raise _fail(path, f"missing {key!r}")
     name, dataset = spec["name"], spec["dataset"]
-    if not isinstance(name, str) or not name or any(c in name for c in "/\\ ") or name.startswith("."):
+    if not valid_name(name):
         raise _fail(path, f"name = {name!r}: use a non-empty name without spaces or slashes", "name")
     if dataset not in DATASETS:
         raise _fail(path, f"unknown dataset {dataset!r}; known: {', '.join(DATASETS)}", "dataset")
@@ -172,11 +205,16 @@ def read_entry(path: Path) -> Entry:
         raise _fail(path, "[model] must be a table", "model")
     checkpoint = path.parent / str(spec.get("checkpoint", "checkpoint.pt"))
     published = []
-    for item in spec.get("published", []):
+    items = spec.get("published", [])
+    if not isinstance(items, list) or not all(isinstance(item, dict) for item in items):
+        raise _fail(path, "published must be [[published]] tables (paper, table, value, metric, note)", "published")
+    for item in items:
         try:
-            published.append(Published(**item))
+            published.append(_typed(path, item, Published, "[published]", required=("paper", "table", "value")))
         except TypeError as err:
             raise _fail(path, f"[[published]] {err}; it takes paper, table, value, metric, note") from None
+    if "train" in spec and not isinstance(spec["train"], dict):
+        raise _fail(path, "[train] must be a table of training settings", "train")
     train = _typed(path, spec["train"], TrainConfig, "train") if "train" in spec else None
     common = dict(
         name=name,
@@ -203,7 +241,7 @@ def read_entry(path: Path) -> Entry:
             f'"module:function"; got family = {family!r}',
             "family",
         )
-    return Entry(model=_typed(path, model_table, ModelConfig, "model"), **common)
+    return Entry(model=_checked_model(path, _typed(path, model_table, ModelConfig, "model")), **common)
 
 
 def registry_dirs(extra: Iterable[str | os.PathLike] = ()) -> list[Path]:
@@ -216,7 +254,8 @@ def load_registry(dirs: Iterable[str | os.PathLike] | None = None) -> dict[str, 
     """Every entry of ``dirs`` (default :func:`registry_dirs`) by name. A folder may also be a single
     model's folder (holding ``entry.toml`` itself). Two entries with one name: an error naming both."""
     entries: dict[str, Entry] = {}
-    for folder in map(Path, registry_dirs() if dirs is None else dirs):
+    folders = dict.fromkeys(Path(d).resolve() for d in (registry_dirs() if dirs is None else dirs))  # each once
+    for folder in folders:
         if not folder.is_dir():
             raise RegistryError(f"registry folder {folder} does not exist (from --registry or VAEBENCH_REGISTRY)")
         files = [folder / ENTRY_FILE] if (folder / ENTRY_FILE).is_file() else sorted(folder.glob(f"*/{ENTRY_FILE}"))

@@ -72,14 +72,16 @@ def load_record(out: Path, name: str, key: dict) -> Record | None:
     return record if stored_key == key else None
 
 
-def check_replaceable(out: Path, name: str, key: dict) -> None:
+def check_replaceable(out: Path, name: str, key: dict, same_model: bool = False) -> None:
     """Refuse to replace a stored record made with other settings (k, n_test, seed, surgery draws): a quick
-    run must not overwrite a full one by accident."""
+    run must not overwrite a full one by accident. With ``same_model`` (a one-off model, whose name is only a
+    label), also refuse one made from another checkpoint or model code."""
     path = record_path(out, name)
     if not path.is_file():
         return
     stored_key, _ = read_record(path)
-    changed = [f"{k}={stored_key.get(k)} (now {key[k]})" for k in SETTING_KEYS if stored_key.get(k) != key[k]]
+    keys = SETTING_KEYS + (("checkpoint_sha256", "factory_sha256") if same_model else ())
+    changed = [f"{k}={stored_key.get(k)} (now {key.get(k)})" for k in keys if stored_key.get(k) != key.get(k)]
     if changed:
         raise ResultsError(
             f"{path} holds {name}'s record made with {', '.join(changed)}; write this run elsewhere "

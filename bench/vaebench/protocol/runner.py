@@ -15,11 +15,11 @@ import torch
 
 from vaebench.core.kernels import triton_problem
 from vaebench.protocol import registry
-from vaebench.protocol.datasets import Dataset
+from vaebench.protocol.datasets import DataError, Dataset
 from vaebench.protocol.evaluate import distributed_rank_world, evaluate, rank_progress_path
 from vaebench.protocol.provenance import code_version, source_hash
 from vaebench.protocol.record import Record
-from vaebench.protocol.registry import Entry
+from vaebench.protocol.registry import Entry, RegistryError
 from vaebench.protocol.results import check_replaceable, load_record, save_record
 from vaebench.protocol.settings import Settings, SettingsError
 
@@ -80,6 +80,34 @@ def check_trained(entries: list[Entry]) -> None:
         raise SettingsError(f"not trained: {', '.join(missing)}; run `vaebench train NAME` first")
 
 
+def _evaluate_model(
+    entry: Entry,
+    model: object,
+    data: Dataset,
+    settings: Settings,
+    device: torch.device,
+    progress: Path | None,
+    fingerprint: str,
+) -> tuple[Record, dict]:
+    """The protocol on one entry's model. A model from a factory (the user's code) that fails is named in one
+    :class:`~vaebench.protocol.registry.RegistryError`; the built-in families' failures are bugs and propagate."""
+    try:
+        return evaluate(
+            model, data, settings, device=device, name=entry.name, progress_path=progress, fingerprint=fingerprint
+        )
+    except (KeyboardInterrupt, DataError, FloatingPointError, SettingsError):
+        raise
+    except Exception as err:
+        if entry.factory is None:
+            raise
+        message = str(err).splitlines()[0][:300] if str(err) else ""
+        raise RegistryError(
+            f"model {entry.name} ({entry.factory}) failed during evaluation ({type(err).__name__}: {message}); "
+            "check that posterior(x), prior() and likelihood(z) return torch.distributions with batch shape [B] "
+            "and event shapes [d] and [D]"
+        ) from None
+
+
 def evaluate_entries(
     entries: list[Entry],
     settings: Settings,
@@ -119,18 +147,14 @@ def evaluate_entries(
             records.append(cached)
             continue
         if store and not force:
-            check_replaceable(out, entry.name, key)
+            check_replaceable(out, entry.name, key, same_model=entry.one_off)
         model = registry.load(entry)
         code = source_hash()
-        progress = (
-            out / ".cache" / f"{entry.name}-{key['checkpoint_sha256'][:12]}-k{settings.k}.progress.pt"
-            if reuse
-            else None
-        )
+        # kept whenever results are stored (--force too): an interrupted run resumes from its last batch
+        progress = out / ".cache" / f"{entry.name}-{key['checkpoint_sha256'][:12]}-k{settings.k}.progress.pt"
+        progress = progress if store else None
         fingerprint = f"{sorted(key.items())}|{code}"
-        record, per_example = evaluate(
-            model, data, settings, device=torch_device, name=entry.name, progress_path=progress, fingerprint=fingerprint
-        )
+        record, per_example = _evaluate_model(entry, model, data, settings, torch_device, progress, fingerprint)
         record = replace(
             record, code_version=code_version(), source_sha256=code, checkpoint_sha256=key["checkpoint_sha256"]
         )

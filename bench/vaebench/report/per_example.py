@@ -14,10 +14,10 @@ from vaebench.protocol.results import ResultsError, per_example_path
 from vaebench.protocol.settings import SURGERY_SAMPLES
 
 
-def rerun_command(name: str, record: Record | None = None) -> str:
-    """The command that rewrites ``name``'s stored files with the settings of its record. ``--force``: a stored
-    record with an unchanged key is otherwise reused, and its per-example file left as it is."""
-    parts = ["vaebench", "eval", name, "--force"]
+def rerun_command(name: str, record: Record | None = None, out: Path | None = None) -> str:
+    """The command that rewrites ``name``'s stored files in ``out`` with the settings of its record. ``--force``: a
+    stored record with an unchanged key is otherwise reused, and its per-example file left as it is."""
+    parts = ["vaebench", "eval", name, "--force", "--out", str(out if out is not None else "results")]
     if record is not None:
         parts += ["--k", str(record.k), "--n-test", str(record.n_test)]
         if record.seed != 0:
@@ -32,10 +32,10 @@ def read_per_example(out: Path, name: str, record: Record | None = None, need_el
     truncated, empty or column-less file, non-numeric or repeated values, or (with ``record``) a file that does not
     match its record raise :class:`ResultsError` naming the file and the fix."""
     path = per_example_path(out, name)
-    fix = f"delete it and run `{rerun_command(name, record)}` again"
+    fix = f"delete it and run `{rerun_command(name, record, out)}` again"
     if not path.is_file():
         raise ResultsError(
-            f"{path} is missing ({name} has no per-test-point values); run `{rerun_command(name, record)}`"
+            f"{path} is missing ({name} has no per-test-point values); run `{rerun_command(name, record, out)}`"
         )
 
     def damaged(why: str) -> ResultsError:
