@@ -1,6 +1,7 @@
 """``pip install .`` in a fresh virtual environment gives a ``vaebench`` command that works from any folder,
 beside a user's own packages named ``models`` and ``bench``."""
 
+import os
 import subprocess
 import sys
 import sysconfig
@@ -13,7 +14,9 @@ ROOT = Path(__file__).resolve().parent.parent
 
 
 def run(*args: str, cwd: Path) -> subprocess.CompletedProcess:
-    return subprocess.run(list(args), capture_output=True, text=True, timeout=900, cwd=cwd, check=False)
+    """``args`` run as a fresh shell would: without the PYTHONPATH that points tox's runs at the checkout."""
+    env = {key: value for key, value in os.environ.items() if key != "PYTHONPATH"}
+    return subprocess.run(list(args), capture_output=True, text=True, timeout=900, cwd=cwd, check=False, env=env)
 
 
 @pytest.mark.slow

@@ -209,7 +209,8 @@ def test_a_damaged_per_example_file_names_the_file_and_the_fix(tmp_path, case):
         read_per_example(tmp_path, "m", record, need_elbo=True)
     message = str(err.value)
     assert message.startswith(f"{path} is damaged (") and why in message, message
-    assert message.endswith("delete it and run `vaebench eval m --force --k 100 --n-test 5` again")
+    # the rerun writes to the folder the damaged file is in, never silently to the default results/
+    assert message.endswith(f"delete it and run `vaebench eval m --force --out {tmp_path} --k 100 --n-test 5` again")
 
 
 def test_damaged_per_example_files_stop_compare_and_report_with_exit_2(tmp_path, capsys):
