@@ -7,6 +7,9 @@ weights, in eval mode under ``torch.no_grad``; the data are random binary images
 files are needed. ``extra_info`` records the device, k, the number of images and the
 matrix-multiply FLOPs (``vaebench.studies.speed.flops_per_sample``).
 
+Backends: ``torch``, ``compiled`` (the log-weights compiled by inductor; its first call compiles, so a
+timed run's warm-up round takes that, and an untimed run's single call includes it) and ``triton``.
+
 Rounds: with ``--benchmark-only`` or ``--benchmark-enable`` (``tox -e benchmark``) every function
 runs ``ROUNDS`` timed rounds after one warm-up round. In any other run, such as the plain
 ``pytest tests`` of CI where pytest-benchmark is installed and enabled, each runs once, a few
@@ -15,11 +18,13 @@ seconds on 2 CPU cores. The Triton cases need CUDA and a compiled Triton: under 
 """
 
 import math
+import warnings
 
 import pytest
 import torch
 
 from vaebench.core.estimators import iwae_bound, log_weights
+from vaebench.core.fused import CompileFallbackWarning, compile_problem
 from vaebench.core.kernels import interpreted, triton_problem
 from vaebench.families.vae import VAE
 from vaebench.protocol.datasets import Dataset
@@ -36,13 +41,18 @@ K = 5000
 N_PROTOCOL = 10  # test images of the protocol run
 N_TRAIN = 500  # training images of its ELBO surgery
 
-BACKENDS = ["torch", pytest.param("triton", marks=pytest.mark.cuda)]
+BACKENDS = ["torch", "compiled", pytest.param("triton", marks=pytest.mark.cuda)]
 
 
 def require(backend: str) -> None:
-    """Skip a Triton case unless the kernels would run compiled on CUDA. Checked when the test runs:
-    tests/conftest.py sets TRITON_INTERPRET=1 when there is no CUDA device."""
+    """Skip a Triton case unless the kernels would run compiled on CUDA, a compiled case where inductor cannot
+    compile (it would time the eager fallback). Checked when the test runs: tests/conftest.py sets
+    TRITON_INTERPRET=1 when there is no CUDA device."""
     if backend == "torch":
+        return
+    if backend == "compiled":
+        if (problem := compile_problem(DEVICE)) is not None:
+            pytest.skip(f"backend='compiled' cannot compile here: {problem}")
         return
     if DEVICE.type != "cuda" or interpreted():
         pytest.skip("the fused Triton kernels are timed compiled on CUDA only (the interpreter is not a speed path)")
@@ -56,9 +66,12 @@ def agree(got: torch.Tensor, want: torch.Tensor) -> bool:
 
 
 def timed(benchmark, request, fn):
-    """fn() under ``benchmark.pedantic``: ROUNDS rounds after a warm-up when timing, else once."""
+    """fn() under ``benchmark.pedantic``: ROUNDS rounds after a warm-up when timing, else once. A compile
+    fallback (which would time the eager formula under the compiled name) fails the test."""
     timing = request.config.getoption("benchmark_only") or request.config.getoption("benchmark_enable")
-    return benchmark.pedantic(fn, rounds=ROUNDS if timing else 1, warmup_rounds=1 if timing else 0)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", CompileFallbackWarning)
+        return benchmark.pedantic(fn, rounds=ROUNDS if timing else 1, warmup_rounds=1 if timing else 0)
 
 
 def describe(benchmark, model: VAE, k: int, n_images: int, backend: str) -> None:

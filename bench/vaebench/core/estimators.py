@@ -10,15 +10,18 @@ from __future__ import annotations
 import math
 
 import torch
-from torch import nn
 from torch.distributions import Distribution, Independent, Normal, kl_divergence
 
+from vaebench.core.fused import COMPILED, compiled_log_weights, has_bernoulli_head
 from vaebench.core.interface import check_model
 from vaebench.core.kernels import KernelOptions, bernoulli_log_lik, mixture_log_prob
 from vaebench.core.mixture import DiagonalGaussianMixture
 from vaebench.core.noise import NOISE_BLOCK, seeded_noise
 
 DEFAULT_MEMORY_BYTES = 64 * 2**20  # on the CPU, chunks of ~5,000 rows stay in cache and run fastest
+# How the log-weights are computed: plain PyTorch, the fused Triton kernels (vaebench.core.kernels), or
+# the torch formula compiled by inductor (vaebench.core.fused).
+BACKENDS = ("torch", "triton", COMPILED)
 
 
 class NonFiniteLogWeight(FloatingPointError):
@@ -33,9 +36,13 @@ def _noise_dim(q: Distribution) -> int | None:
 
 def supports_fused(model: object) -> bool:
     """True when p(x|z) = Bernoulli(logits = model.likelihood_head(model.likelihood_features(z)))."""
-    return callable(getattr(model, "likelihood_features", None)) and isinstance(
-        getattr(model, "likelihood_head", None), nn.Linear
-    )
+    return has_bernoulli_head(model)
+
+
+def check_backend_name(backend: str) -> None:
+    """Raise ``ValueError`` naming the choices unless ``backend`` is one of :data:`BACKENDS`."""
+    if backend not in BACKENDS:
+        raise ValueError(f"unknown backend {backend!r}: use one of {', '.join(map(repr, BACKENDS))}")
 
 
 def log_weights_of_samples(
@@ -51,12 +58,18 @@ def log_weights_of_samples(
 
     The log-weight of every backend: ``torch`` computes the Bernoulli and mixture terms with plain
     PyTorch, ``triton`` with the fused kernels of :mod:`vaebench.core.kernels`, run as ``options`` says
-    (dot precision and tiles; default the committed :data:`vaebench.core.kernels.DEFAULT_OPTIONS`).
+    (dot precision and tiles; default the committed :data:`vaebench.core.kernels.DEFAULT_OPTIONS`);
+    ``compiled`` the whole log-weight (decoder, Bernoulli term, prior and posterior log-densities)
+    through ``torch.compile``, :func:`vaebench.core.fused.compiled_log_weights` (the eager torch formula,
+    said once, where it cannot compile).
 
     log p(x|z) uses ``bernoulli_log_lik`` when ``supports_fused(model)``, log p(z) uses
     ``mixture_log_prob`` when the prior is a ``DiagonalGaussianMixture``; otherwise each falls back
     to ``model.likelihood(z).log_prob(x)`` / ``prior.log_prob(z)``. log q(z|x) is plain torch.
     """
+    check_backend_name(backend)
+    if backend == COMPILED:
+        return compiled_log_weights(model, q, prior, z, x)
     if supports_fused(model):
         head = model.likelihood_head
         bias = head.bias if head.bias is not None else head.weight.new_zeros(head.out_features)
@@ -109,7 +122,8 @@ def weighted_samples(
     Where the model exposes its Bernoulli output layer, or has a mixture prior, those terms go
     through ``vaebench.core.kernels``: ``backend="torch"`` is the plain PyTorch formula, ``"triton"`` the
     fused kernels (run as ``kernel_options`` says); anything else uses ``model.likelihood(z).log_prob(x)``
-    and ``prior.log_prob(z)``.
+    and ``prior.log_prob(z)``. ``"compiled"`` is the torch formula compiled by inductor
+    (:mod:`vaebench.core.fused`).
     """
     q = model.posterior(x) if q is None else q
     prior = model.prior() if prior is None else prior
@@ -164,6 +178,33 @@ def default_chunk_size(batch: int, dim_x: int, memory_bytes: int = DEFAULT_MEMOR
     return max(1, memory_bytes // (16 * batch * max(dim_x, 1)))
 
 
+def chunk_plan(
+    batch: int,
+    dim_x: int,
+    ks: tuple[int, ...],
+    chunk_size: int | None = None,
+    *,
+    seeded: bool,
+    memory_bytes: int = DEFAULT_MEMORY_BYTES,
+) -> tuple[int, int]:
+    """(samples per chunk, examples per sub-batch) of :func:`iwae_bounds` for a batch of ``batch`` examples of
+    dimension ``dim_x``: ``chunk_size`` (default: what fits ``memory_bytes``) rounded down to a multiple of
+    every smaller k and, when ``seeded``, of ``NOISE_BLOCK`` (at least one such multiple, at most K), and as
+    many examples as a chunk of them fits the budget. Raises ``ValueError`` for a bad ladder ``ks``."""
+    k = max(ks)
+    if min(ks) < 1:
+        raise ValueError(f"k={min(ks)}: the number of importance samples must be at least 1")
+    smaller = sorted({m for m in ks if m < k})
+    if any(k % m for m in smaller):
+        raise ValueError(f"every k in {ks} must divide the largest, {k}")
+    step = math.lcm(*smaller) if smaller else 1
+    if seeded:  # whole noise blocks: a chunk that cut one would regenerate it
+        step = math.lcm(step, NOISE_BLOCK)
+    chunk_size = chunk_size or default_chunk_size(batch, dim_x, memory_bytes)
+    chunk_size = min(k, max(step, chunk_size // step * step))
+    return chunk_size, max(1, default_chunk_size(chunk_size, dim_x, memory_bytes))
+
+
 @torch.no_grad()
 def iwae_bounds(
     model,
@@ -193,28 +234,24 @@ def iwae_bounds(
     size. Raises :class:`NonFiniteLogWeight` naming ``name`` and the example on a NaN/inf weight.
     ``prior`` may be passed in so that a caller evaluating many batches builds p(z) once (a
     VampPrior encodes its pseudo-inputs once per evaluation). ``kernel_options`` (dot precision, tiles)
-    reach the fused kernels of ``backend="triton"``.
+    reach the fused kernels of ``backend="triton"``; ``backend="compiled"`` compiles the log-weight with
+    inductor (:mod:`vaebench.core.fused`: one compilation per model structure and shape pattern, reused by
+    every chunk and batch).
 
     With ``with_variance`` also returns the Monte Carlo variance of each estimate, [len(ks), B]:
     for m < K the variance of the K/m group bounds divided by K/m; for K, by the delta method
     (Var(L_m) ~ Var(w) / (m E[w]^2) for large m), that of the largest smaller m (NaN if none).
     """
     check_model(model)
+    check_backend_name(backend)
     k = max(ks)
-    if min(ks) < 1:
-        raise ValueError(f"k={min(ks)}: the number of importance samples must be at least 1")
     smaller = sorted({m for m in ks if m < k})
-    if any(k % m for m in smaller):
-        raise ValueError(f"every k in {ks} must divide the largest, {k}")
-    step = math.lcm(*smaller) if smaller else 1
-    if seed is not None:  # whole noise blocks: a chunk that cut one would regenerate it
-        step = math.lcm(step, NOISE_BLOCK)
     budget = memory_bytes if memory_bytes is not None else memory_budget(x.device)
-    chunk_size = chunk_size or default_chunk_size(x.shape[0], x.shape[-1], budget)
-    chunk_size = min(k, max(step, chunk_size // step * step))
+    chunk_size, per_batch = chunk_plan(
+        x.shape[0], x.shape[-1], ks, chunk_size, seeded=seed is not None, memory_bytes=budget
+    )
     use_hook = seed is None and hasattr(model, "log_weights")
     prior = None if use_hook else (model.prior() if prior is None else prior)
-    per_batch = max(1, default_chunk_size(chunk_size, x.shape[-1], budget))
     if x.shape[0] > per_batch:  # rounding up to ``step`` made a chunk of the whole batch too big: split it
         index = torch.arange(x.shape[0]) if index is None else index
         parts = [

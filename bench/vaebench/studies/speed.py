@@ -9,6 +9,14 @@ random weights, in eval mode under ``torch.no_grad``. The comparisons are those 
   log-weights. Triton runs on CUDA only: on the CPU its interpreter is a test aid, not a speed path.
 - ``ours-triton-tf32x3``: the same with the kernels' products on TF32 tensor cores, three per product
   (near-float32; its error on trained models is in ``results/precision.csv``).
+- ``ours-compiled``: ``ours-torch`` with the log-weights compiled by inductor (``backend="compiled"``,
+  :mod:`vaebench.core.fused`); its first call, which compiles, is reported apart (``first_call_seconds``,
+  ``compile_seconds``). Skipped, with the reason, where it cannot compile.
+- ``ours-compiled-unseeded``: the same computation (same chunks and sub-batches) with unseeded
+  ``torch.randn`` noise instead of the per-image seeded streams: its ratio to ``ours-compiled`` is
+  what the seeded noise costs (``ratio_to_unseeded``).
+- ``seeded-noise``: the per-image seeded noise alone (:func:`vaebench.core.noise.seeded_noise`, the same
+  k samples of the same images), to show its share of the evaluation time.
 - ``per-image-lean``: a careful per-image script (:func:`per_image_lean`).
 - ``authors-pattern``: the VampPrior authors' ``calculate_likelihood`` pattern
   (:func:`authors_pattern`), timed on a few images only.
@@ -26,8 +34,11 @@ images / seconds), fraction_of_gemm_peak (achieved / the measured GEMM rate), fr
 (achieved / the looked-up non-tensor-core float32 peak in ``FP32_PEAK_TFLOPS``; CUDA only),
 peak_memory_mb (see :class:`PeakMemory`), speedup_vs_per_image_lean, speedup_vs_authors and speedup_vs_pythae (their
 ms_per_image / this one's), ratio_to_roofline (this ms_per_image / the roofline's),
-max_abs_diff_vs_torch (ours-triton*: the largest |L_K triton - L_K torch| over the images, same
-seeded samples), data, note.
+max_abs_diff_vs_torch (ours-triton*, ours-compiled: the largest |L_K - L_K torch| over the images, same
+seeded samples), first_call_seconds (the warm-up call on the first batch: compilation included),
+compile_seconds (ours-compiled*: first_call_seconds less the steady-state time of the same images), ratio_to_unseeded
+(ours-compiled: its ms_per_image / ours-compiled-unseeded's), data, note. The ``seeded-noise`` row has
+no FLOP columns (it does none of the counted work).
 """
 
 from __future__ import annotations
@@ -42,6 +53,7 @@ import platform
 import statistics
 import threading
 import time
+import warnings
 from collections.abc import Callable
 from pathlib import Path
 
@@ -51,8 +63,10 @@ from torch import nn
 from torch.nn import functional as F
 from tqdm import tqdm
 
-from vaebench.core.estimators import iwae_bound
+from vaebench.core.estimators import chunk_plan, iwae_bound, memory_budget
+from vaebench.core.fused import CompileFallbackWarning, compile_problem
 from vaebench.core.kernels import KernelOptions, interpreted, triton_problem
+from vaebench.core.noise import seeded_noise
 from vaebench.families.vae import VAE, ModelConfig
 from vaebench.protocol.allocator import keep_freed_memory
 from vaebench.protocol.datasets import DataError, load_dataset
@@ -84,6 +98,9 @@ COLUMNS = [
     "speedup_vs_pythae",
     "ratio_to_roofline",
     "max_abs_diff_vs_torch",
+    "first_call_seconds",
+    "compile_seconds",
+    "ratio_to_unseeded",
     "data",
     "note",
 ]
@@ -166,6 +183,25 @@ class PeakMemory:
             self.mb = (max(self._peak, _rss_bytes()) - self._start) / 2**20
 
 
+def first_call(fn: Callable[[], torch.Tensor], device: torch.device) -> tuple[float, list[str]]:
+    """(wall seconds of one call, the messages of the CompileFallbackWarnings it raised): the warm-up call,
+    which for ``ours-compiled`` includes compiling."""
+    synchronize(device)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always", CompileFallbackWarning)
+        start = time.perf_counter()
+        fn()
+        synchronize(device)
+        seconds = time.perf_counter() - start
+    fallbacks = [str(w.message) for w in caught if issubclass(w.category, CompileFallbackWarning)]
+    for w in caught:
+        if not issubclass(w.category, CompileFallbackWarning):
+            warnings.warn_explicit(w.message, w.category, w.filename, w.lineno)
+    for message in fallbacks:
+        warnings.warn(message, CompileFallbackWarning, stacklevel=2)
+    return seconds, fallbacks
+
+
 def timed(fn: Callable[[], torch.Tensor], device: torch.device) -> tuple[torch.Tensor, float, float]:
     """(fn(), wall seconds with CUDA work synchronised, peak memory growth in MiB) of one call."""
     synchronize(device)
@@ -199,24 +235,50 @@ def gemm_flops_per_s(device: torch.device, shape: tuple[int, int, int] = GEMM_SH
 
 
 @torch.no_grad()
-def ours(model: VAE, x: torch.Tensor, k: int, backend: str, batch_size: int, precision: str = "ieee") -> torch.Tensor:
+def ours(
+    model: VAE,
+    x: torch.Tensor,
+    k: int,
+    backend: str,
+    batch_size: int,
+    precision: str = "ieee",
+    seeded: bool = True,
+) -> torch.Tensor:
     """L_k per image [N] with ``iwae_bound`` over batches of ``batch_size`` images, seeded per image; the
-    Triton kernels' products in ``precision`` (``KernelOptions(precision=...)``), with the committed tiles."""
+    Triton kernels' products in ``precision`` (``KernelOptions(precision=...)``), with the committed tiles.
+
+    ``seeded=False``: the same chunks and sub-batches (those the seeded call uses, see
+    :func:`vaebench.core.estimators.chunk_plan`) with unseeded ``torch.randn`` noise."""
     options = KernelOptions(precision=precision)
     out = []
-    for start in tqdm(range(0, len(x), batch_size), desc=f"ours-{backend}", unit="batch", leave=False):
+    desc = f"ours-{backend}" + ("" if seeded else "-unseeded")
+    for start in tqdm(range(0, len(x), batch_size), desc=desc, unit="batch", leave=False):
         xb = x[start : start + batch_size]
+        chunk = None
+        if not seeded:
+            chunk, _ = chunk_plan(len(xb), xb.shape[1], (k,), seeded=True, memory_bytes=memory_budget(x.device))
         out.append(
             iwae_bound(
                 model,
                 xb,
                 k,
-                seed=0,
-                index=torch.arange(start, start + len(xb)),
+                chunk,
+                seed=0 if seeded else None,
+                index=torch.arange(start, start + len(xb)) if seeded else None,
                 backend=backend,
                 kernel_options=options,
             )
         )
+    return torch.cat(out)
+
+
+def noise_only(model: VAE, x: torch.Tensor, k: int, batch_size: int) -> torch.Tensor:
+    """The seeded noise :func:`ours` draws for the same images (k samples of each image's stream, batch by
+    batch), and nothing else; returns the per-image mean of the noise [N] (so the call returns a tensor)."""
+    out = []
+    for start in range(0, len(x), batch_size):
+        index = torch.arange(start, min(start + batch_size, len(x)))
+        out.append(seeded_noise(0, index, 0, k, model.config.z_dim, x.device).mean((0, 2)))
     return torch.cat(out)
 
 
@@ -360,17 +422,31 @@ def run(device: torch.device, images: int, k: int, authors_images: int, batch_si
         )
     elif (problem := triton_problem(device)) is not None:
         skip_triton = f"skipped: {problem}"
+    skip_compiled = f"skipped: {problem}" if (problem := compile_problem(device)) is not None else None
     paths: dict[str, tuple[int, Callable[[int], torch.Tensor], str | None]] = {
         "ours-torch": (images, lambda n: ours(model, x[:n], k, "torch", batch_size), None),
+        "ours-compiled": (images, lambda n: ours(model, x[:n], k, "compiled", batch_size), skip_compiled),
+        "ours-compiled-unseeded": (
+            images,
+            lambda n: ours(model, x[:n], k, "compiled", batch_size, seeded=False),
+            skip_compiled,
+        ),
         "ours-triton": (images, lambda n: ours(model, x[:n], k, "triton", batch_size), skip_triton),
         "ours-triton-tf32x3": (images, lambda n: ours(model, x[:n], k, "triton", batch_size, "tf32x3"), skip_triton),
         "per-image-lean": (images, lambda n: per_image_lean(model, x[:n], k), None),
         "authors-pattern": (authors_images, lambda n: authors_pattern(model, x[:n], k), None),
         "pythae-pattern": (authors_images, lambda n: authors_pattern(model, x[:n], k, chunk=k), None),
+        "seeded-noise": (images, lambda n: noise_only(model, x[:n], k, batch_size), None),
     }
     timed_paths = {path: spec for path, spec in paths.items() if spec[2] is None}
-    for path, (n, fn, _) in timed_paths.items():  # warm-up: the first batch's shapes, Triton compilation
-        fn(min(n, batch_size) if path.startswith("ours") else 1)
+    warm_images, first_seconds, fallbacks = {}, {}, {}
+    for path, (n, fn, _) in timed_paths.items():  # warm-up: the first batch's shapes, compilation
+        warm_images[path] = min(n, batch_size) if path.startswith("ours") else 1
+        first_seconds[path], fallbacks[path] = first_call(functools.partial(fn, warm_images[path]), device)
+    if any(fallbacks.get(p) for p in ("ours-compiled", "ours-compiled-unseeded")):  # said once, for both
+        fallbacks["ours-compiled"] = fallbacks["ours-compiled-unseeded"] = sorted(
+            {*fallbacks["ours-compiled"], *fallbacks["ours-compiled-unseeded"]}
+        )
     gemm_rates, seconds, memory, bounds = [], {p: [] for p in timed_paths}, {p: [] for p in timed_paths}, {}
     for _ in tqdm(range(rounds), desc="rounds", unit="round", leave=False):
         gemm_rates.append(gemm_flops_per_s(device))
@@ -394,9 +470,19 @@ def run(device: torch.device, images: int, k: int, authors_images: int, batch_si
                 fraction_of_fp32_peak=achieved / peak if peak else None,
                 peak_memory_mb=mem,
             )
+        if path == "seeded-noise":  # none of the counted FLOPs
+            out.update(
+                flops_per_image=None, achieved_gflops=None, fraction_of_gemm_peak=None, fraction_of_fp32_peak=None
+            )
+        if path in first_seconds and secs is not None:
+            out["first_call_seconds"] = first_seconds[path]
+            if path.startswith("ours-compiled"):
+                out["compile_seconds"] = max(0.0, first_seconds[path] - secs / n * warm_images[path])
         return out
 
     notes = {
+        "ours-compiled-unseeded": "ours-compiled's chunks with unseeded torch.randn noise",
+        "seeded-noise": f"seeded_noise alone: {k} samples of each image's stream (numpy Philox, threaded)",
         "authors-pattern": f"{k // AUTHORS_CHUNK} chunks of {AUTHORS_CHUNK} samples per image",
         "pythae-pattern": f"pythae get_nll(batch_size={k}): one chunk of {k} rows per image through the whole "
         "model, the image encoded k times, pseudo-inputs re-encoded, [k, C, d] broadcast",
@@ -407,7 +493,9 @@ def run(device: torch.device, images: int, k: int, authors_images: int, batch_si
             rows.append(row(path, None, note=skipped))
             continue
         extra = {"note": notes[path]} if path in notes else {}
-        if path.startswith("ours-triton"):
+        if fallbacks.get(path):
+            extra["note"] = "; ".join([*([extra["note"]] if "note" in extra else []), *fallbacks[path]])
+        if path.startswith("ours-triton") or path == "ours-compiled":
             extra["max_abs_diff_vs_torch"] = float((bounds[path].double() - bounds["ours-torch"].double()).abs().max())
         rows.append(row(path, n, statistics.median(seconds[path]), max(memory[path]), **extra))
     m, kk, n = GEMM_SHAPE
@@ -428,7 +516,40 @@ def run(device: torch.device, images: int, k: int, authors_images: int, batch_si
             r["speedup_vs_authors"] = reference["authors-pattern"] / r["ms_per_image"]
             r["speedup_vs_pythae"] = reference["pythae-pattern"] / r["ms_per_image"]
             r["ratio_to_roofline"] = r["ms_per_image"] / reference["roofline"]
+        if r["path"] == "ours-compiled" and r.get("ms_per_image") and reference.get("ours-compiled-unseeded"):
+            r["ratio_to_unseeded"] = r["ms_per_image"] / reference["ours-compiled-unseeded"]
     return rows
+
+
+def summary(rows: list[dict]) -> list[str]:
+    """Lines on the fastest timed ours-* path: its ratio to the roofline, its speed-ups, what its first call
+    (compilation) cost, and what the seeded noise costs."""
+    by_path = {r["path"]: r for r in rows if r.get("ms_per_image")}
+    ours = [r for p, r in by_path.items() if p.startswith("ours") and not p.endswith("unseeded")]
+    if not ours:
+        return []
+    best = min(ours, key=lambda r: r["ms_per_image"])
+    lines = [
+        f"{best['path']}: {best['ms_per_image']:.3g} ms per image, {best['ratio_to_roofline']:.2f}x the roofline, "
+        f"{best['speedup_vs_per_image_lean']:.2f}x faster than the lean per-image loop, "
+        f"{best['speedup_vs_authors']:.1f}x than the authors' pattern, {best['speedup_vs_pythae']:.1f}x than pythae's"
+    ]
+    for path in ("ours-compiled",):
+        if (r := by_path.get(path)) and r.get("compile_seconds") is not None:
+            lines.append(
+                f"{path}: first call (one batch) {r['first_call_seconds']:.3g} s, of which about "
+                f"{r['compile_seconds']:.3g} s compiling; then {r['ms_per_image']:.3g} ms per image"
+            )
+    if (r := by_path.get("ours-compiled")) and r.get("ratio_to_unseeded"):
+        lines.append(f"seeded noise vs unseeded torch.randn: {r['ratio_to_unseeded']:.3f}x the time")
+    if (noise := by_path.get("seeded-noise")) is not None:
+        shares = ", ".join(
+            f"{100 * noise['ms_per_image'] / by_path[p]['ms_per_image']:.1f}% of {p}"
+            for p in ("ours-torch", "ours-compiled")
+            if p in by_path
+        )
+        lines.append(f"seeded noise alone: {noise['ms_per_image']:.3g} ms per image ({shares})")
+    return lines
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -468,6 +589,8 @@ def main(argv: list[str] | None = None) -> int:
     for r in rows:
         if r.get("note"):
             print(f"  {r['path']}: {r['note']}")
+    for line in summary(rows):
+        print(line)
     print(f"written to {args.out}")
     return 0
 
