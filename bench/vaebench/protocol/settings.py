@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import asdict, dataclass
 
-from vaebench.core.kernels import BACKENDS
+from vaebench.core.estimators import BACKENDS
 from vaebench.core.noise import MAX_SEED
 
 PROTOCOL_VERSION = 1
@@ -24,7 +24,8 @@ class Settings:
     ``n_test``: a fixed random sample of that many test points (None: all); ``seed``: of the importance
     and ELBO-surgery draws; ``surgery_samples``: draws from q(z) for the ELBO-surgery expectations;
     ``batch_size``, ``chunk_size`` (samples per chunk; None: what fits the memory budget) and
-    ``backend`` (``torch`` or ``triton``) change speed and rounding only, so they are not in :meth:`key`."""
+    ``backend`` (one of ``vaebench.core.estimators.BACKENDS``) change speed and rounding only, so they
+    are not in :meth:`key`."""
 
     k: int = 5000
     n_test: int | None = None

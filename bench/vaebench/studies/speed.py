@@ -17,6 +17,9 @@ random weights, in eval mode under ``torch.no_grad``. The comparisons are those 
   what the seeded noise costs (``ratio_to_unseeded``).
 - ``seeded-noise``: the per-image seeded noise alone (:func:`vaebench.core.noise.seeded_noise`, the same
   k samples of the same images), to show its share of the evaluation time.
+- ``products-only``: only the matrix products of ``ours-compiled``, at its shapes (:func:`products_only`):
+  the part of the evaluation the roofline counts, timed; ``share_of_ours_compiled`` of it and of
+  ``seeded-noise`` say where the time of the fused path goes.
 - ``per-image-lean``: a careful per-image script (:func:`per_image_lean`).
 - ``authors-pattern``: the VampPrior authors' ``calculate_likelihood`` pattern
   (:func:`authors_pattern`), timed on a few images only.
@@ -37,7 +40,8 @@ ms_per_image / this one's), ratio_to_roofline (this ms_per_image / the roofline'
 max_abs_diff_vs_torch (ours-triton*, ours-compiled: the largest |L_K - L_K torch| over the images, same
 seeded samples), first_call_seconds (the warm-up call on the first batch: compilation included),
 compile_seconds (ours-compiled*: first_call_seconds less the steady-state time of the same images), ratio_to_unseeded
-(ours-compiled: its ms_per_image / ours-compiled-unseeded's), data, note. The ``seeded-noise`` row has
+(ours-compiled: its ms_per_image / ours-compiled-unseeded's), share_of_ours_compiled (products-only,
+seeded-noise: their ms_per_image / ours-compiled's), data, note. The ``seeded-noise`` row has
 no FLOP columns (it does none of the counted work).
 """
 
@@ -101,6 +105,7 @@ COLUMNS = [
     "first_call_seconds",
     "compile_seconds",
     "ratio_to_unseeded",
+    "share_of_ours_compiled",
     "data",
     "note",
 ]
@@ -283,6 +288,35 @@ def noise_only(model: VAE, x: torch.Tensor, k: int, batch_size: int) -> torch.Te
 
 
 @torch.no_grad()
+def products_only(model: VAE, x: torch.Tensor, k: int, batch_size: int) -> torch.Tensor:
+    """The matrix products of :func:`ours` and nothing else: per batch and chunk (its chunk plan), every decoder
+    ``nn.Linear`` and the output layer on a [chunk * B, in] operand (bias and nonlinearity left out), the
+    mixture prior's [chunk * B, 2d] x [2d, C] product, and the encoder once per image. Operands are filled
+    once, outside the loop. Returns the per-image sum of the last product's first column [N]."""
+    c = model.config
+    components = c.n_components if c.prior in ("mog", "vamp", "vamp-data") else 0
+    layers = [m.weight.t() for m in model.decoder.modules() if isinstance(m, nn.Linear)]
+    if components:
+        layers.append(torch.randn(2 * c.z_dim, components, device=x.device))
+    encoder = [m.weight.t() for m in model.encoder.modules() if isinstance(m, nn.Linear)]
+    chunk, _ = chunk_plan(min(batch_size, len(x)), x.shape[1], (k,), seeded=True, memory_bytes=memory_budget(x.device))
+    widest = max(w.shape[0] for w in layers + encoder)
+    operand = torch.rand(chunk * min(batch_size, len(x)), widest, device=x.device)
+    out = []
+    for start in range(0, len(x), batch_size):
+        b = min(batch_size, len(x) - start)
+        for w in encoder:
+            torch.mm(operand[:b, : w.shape[0]], w)
+        last = None
+        for lo in range(0, k, chunk):
+            rows = min(chunk, k - lo) * b
+            for w in layers:
+                last = torch.mm(operand[:rows, : w.shape[0]], w)
+        out.append(last[:b, 0])
+    return torch.cat(out)
+
+
+@torch.no_grad()
 def per_image_lean(model: VAE, x: torch.Tensor, k: int, seed: int = 0) -> torch.Tensor:
     """L_k per image [N] the way a careful script does it: the prior (pseudo-inputs) built once per
     call; per image one encoder pass, all k samples decoded at once, the mixture density by matrix
@@ -433,6 +467,7 @@ def run(device: torch.device, images: int, k: int, authors_images: int, batch_si
         ),
         "ours-triton": (images, lambda n: ours(model, x[:n], k, "triton", batch_size), skip_triton),
         "ours-triton-tf32x3": (images, lambda n: ours(model, x[:n], k, "triton", batch_size, "tf32x3"), skip_triton),
+        "products-only": (images, lambda n: products_only(model, x[:n], k, batch_size), None),
         "per-image-lean": (images, lambda n: per_image_lean(model, x[:n], k), None),
         "authors-pattern": (authors_images, lambda n: authors_pattern(model, x[:n], k), None),
         "pythae-pattern": (authors_images, lambda n: authors_pattern(model, x[:n], k, chunk=k), None),
@@ -482,6 +517,7 @@ def run(device: torch.device, images: int, k: int, authors_images: int, batch_si
 
     notes = {
         "ours-compiled-unseeded": "ours-compiled's chunks with unseeded torch.randn noise",
+        "products-only": "the matrix products of ours-compiled at its shapes, nothing else",
         "seeded-noise": f"seeded_noise alone: {k} samples of each image's stream (numpy Philox, threaded)",
         "authors-pattern": f"{k // AUTHORS_CHUNK} chunks of {AUTHORS_CHUNK} samples per image",
         "pythae-pattern": f"pythae get_nll(batch_size={k}): one chunk of {k} rows per image through the whole "
@@ -518,6 +554,8 @@ def run(device: torch.device, images: int, k: int, authors_images: int, batch_si
             r["ratio_to_roofline"] = r["ms_per_image"] / reference["roofline"]
         if r["path"] == "ours-compiled" and r.get("ms_per_image") and reference.get("ours-compiled-unseeded"):
             r["ratio_to_unseeded"] = r["ms_per_image"] / reference["ours-compiled-unseeded"]
+        if r["path"] in ("products-only", "seeded-noise") and r.get("ms_per_image") and reference.get("ours-compiled"):
+            r["share_of_ours_compiled"] = r["ms_per_image"] / reference["ours-compiled"]
     return rows
 
 
