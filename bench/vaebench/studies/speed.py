@@ -289,30 +289,32 @@ def noise_only(model: VAE, x: torch.Tensor, k: int, batch_size: int) -> torch.Te
 
 @torch.no_grad()
 def products_only(model: VAE, x: torch.Tensor, k: int, batch_size: int) -> torch.Tensor:
-    """The matrix products of :func:`ours` and nothing else: per batch and chunk (its chunk plan), every decoder
-    ``nn.Linear`` and the output layer on a [chunk * B, in] operand (bias and nonlinearity left out), the
-    mixture prior's [chunk * B, 2d] x [2d, C] product, and the encoder once per image. Operands are filled
-    once, outside the loop. Returns the per-image sum of the last product's first column [N]."""
+    """The matrix products of :func:`ours` and nothing else, at its shapes: per batch of ``batch_size`` images, its
+    sub-batches and chunks (:func:`vaebench.core.estimators.chunk_plan`), every decoder ``nn.Linear`` and the output
+    layer on a contiguous [chunk * sub-batch, in] operand (bias and nonlinearity left out), the mixture prior's
+    [chunk * sub-batch, 2d] x [2d, C] product, and the encoder once per image. Operands are filled once, outside
+    the loop. Returns the per-image sum of the last product's first column [N]."""
     c = model.config
     components = c.n_components if c.prior in ("mog", "vamp", "vamp-data") else 0
     layers = [m.weight.t() for m in model.decoder.modules() if isinstance(m, nn.Linear)]
     if components:
         layers.append(torch.randn(2 * c.z_dim, components, device=x.device))
     encoder = [m.weight.t() for m in model.encoder.modules() if isinstance(m, nn.Linear)]
-    chunk, _ = chunk_plan(min(batch_size, len(x)), x.shape[1], (k,), seeded=True, memory_bytes=memory_budget(x.device))
-    widest = max(w.shape[0] for w in layers + encoder)
-    operand = torch.rand(chunk * min(batch_size, len(x)), widest, device=x.device)
+    budget = memory_budget(x.device)
     out = []
     for start in range(0, len(x), batch_size):
-        b = min(batch_size, len(x) - start)
+        batch = min(batch_size, len(x) - start)
+        chunk, per_batch = chunk_plan(batch, x.shape[1], (k,), seeded=True, memory_bytes=budget)
+        operands = {w.shape[0]: torch.rand(chunk * min(per_batch, batch), w.shape[0], device=x.device) for w in layers}
         for w in encoder:
-            torch.mm(operand[:b, : w.shape[0]], w)
-        last = None
-        for lo in range(0, k, chunk):
-            rows = min(chunk, k - lo) * b
-            for w in layers:
-                last = torch.mm(operand[:rows, : w.shape[0]], w)
-        out.append(last[:b, 0])
+            torch.mm(torch.rand(batch, w.shape[0], device=x.device), w)
+        for sub in range(0, batch, per_batch):
+            b = min(per_batch, batch - sub)
+            for lo in range(0, k, chunk):
+                rows = min(chunk, k - lo) * b
+                for w in layers:
+                    last = torch.mm(operands[w.shape[0]][:rows], w)
+            out.append(last[:b, 0])
     return torch.cat(out)
 
 
