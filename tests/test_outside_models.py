@@ -117,7 +117,7 @@ def test_entry_form_goes_through_eval_report_and_check(outside, tmp_path):
     assert run_bench(*quick, "--update").returncode == 0
     assert set(pd.read_csv(baseline).model) == {"mine"}
     checked = run_bench(*quick)
-    assert checked.returncode == 0 and "4 of 4 metrics within tolerance" in checked.stdout
+    assert checked.returncode == 0 and "5 of 5 metrics within tolerance" in checked.stdout
 
 
 def test_changing_the_factory_code_invalidates_the_stored_record(outside, tmp_path):
