@@ -70,7 +70,9 @@ def _paper(group: str, with_ordering: bool = False) -> Callable[[Context], str |
 SPEED_NOTE = (
     "Per image, the median over interleaved rounds; × roofline: the time over the time the decoder and "
     "mixture-prior FLOPs take at the matrix-multiply rate measured in the same run; vs: how many times "
-    "faster than that pattern on the same device (`python -m vaebench.studies.speed`)."
+    "faster than that pattern on the same device (`python -m vaebench.studies.speed`). Share of ours-compiled: "
+    "the time of the matrix products alone at the evaluation's shapes (products-only) and of the seeded noise "
+    "alone, as a share of the compiled path's: where its time goes."
 )
 PRECISION_NOTE = (
     "Same seeded samples in every set-up. The protocol computes in float32 with full-precision "
