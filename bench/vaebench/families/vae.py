@@ -1,4 +1,5 @@
-"""One- and two-level VAEs with Bernoulli decoders, implementing the ``vaebench.core.interface`` methods."""
+"""One- and two-level VAEs, implementing the ``vaebench.core.interface`` methods: Bernoulli decoders for binary
+images, discretized-logistic or discretized-Gaussian decoders for 8-bit grey images (:mod:`.likelihoods`)."""
 
 from __future__ import annotations
 
@@ -8,8 +9,12 @@ import torch
 from torch import nn
 from torch.distributions import Bernoulli, Distribution, Independent, Normal
 
+from vaebench.families.likelihoods import GREY_LIKELIHOODS
 from vaebench.families.networks import GaussianHead, mlp
 from vaebench.families.priors import make_prior
+
+LIKELIHOODS = ("bernoulli", *GREY_LIKELIHOODS)
+LOG_SCALE_LIMITS = (-7.0, 0.0)  # of a grey decoder's per-pixel scale: from a tenth of a grey level to the range
 
 
 @dataclass
@@ -25,31 +30,52 @@ class ModelConfig:
     n_components: int = 500
     levels: int = 1  # 1: VAE; 2: the VampPrior paper's two-level HVAE (z1 and z2 both z_dim)
     logvar_limits: tuple[float, float] = field(default=(-6.0, 2.0))
+    likelihood: str = "bernoulli"  # bernoulli (binary data), logistic or gaussian (8-bit grey data, binned)
 
 
-class BernoulliDecoder(nn.Module):
-    """Logits W h(z) + b of p(x|z): an MLP trunk h, then one linear output layer."""
+def output_width(config: ModelConfig) -> int:
+    """Outputs of the decoder's last layer: D logits, or D locations and D log-scales for a grey decoder."""
+    return config.x_dim * (1 if config.likelihood == "bernoulli" else 2)
 
-    def __init__(self, n_in: int, hidden: int, depth: int, net: str, x_dim: int):
+
+def output_distribution(likelihood: str, out: torch.Tensor) -> Distribution:
+    """p(x|z) from the decoder's last layer ``out`` [..., width]: Bernoulli(logits = out), or for a grey decoder
+    the binned law with loc = sigmoid(first half) and log-scale = the second half clamped to LOG_SCALE_LIMITS."""
+    if likelihood == "bernoulli":
+        return Independent(Bernoulli(logits=out), 1)
+    loc, log_scale = out.chunk(2, dim=-1)
+    return Independent(GREY_LIKELIHOODS[likelihood](torch.sigmoid(loc), log_scale.clamp(*LOG_SCALE_LIMITS).exp()), 1)
+
+
+class Decoder(nn.Module):
+    """The decoder's last layer W h(z) + b (see :func:`output_distribution`): an MLP trunk h, one linear layer."""
+
+    def __init__(self, n_in: int, config: ModelConfig):
         super().__init__()
-        self.trunk = mlp(n_in, hidden, depth, net)
-        self.out = nn.Linear(hidden, x_dim)
+        self.trunk = mlp(n_in, config.hidden, config.depth, config.net)
+        self.out = nn.Linear(config.hidden, output_width(config))
 
 
-class BernoulliHeadMixin:
-    """p(x|z) = Bernoulli(logits = head(features(z))): exposes the split for the fused kernel, and the
-    prior's pseudo-inputs (a VampPrior's; None for the others) for the report."""
+class DecoderOutputMixin:
+    """p(x|z) = output_distribution(out(features(z))), ``out`` the model's ``output_layer``. For a Bernoulli
+    decoder ``likelihood_head`` exposes that layer to the fused paths; the prior's pseudo-inputs (a VampPrior's;
+    None for the others) are there for the report."""
 
     @property
     def pseudo_inputs(self) -> torch.Tensor | None:
         return getattr(self.prior_net, "pseudo_inputs", None)
 
     def likelihood(self, z: torch.Tensor) -> Distribution:
-        return Independent(Bernoulli(logits=self.likelihood_head(self.likelihood_features(z))), 1)
+        return output_distribution(self.config.likelihood, self.output_layer(self.likelihood_features(z)))
+
+    @property
+    def likelihood_head(self) -> nn.Linear | None:
+        """The logits layer when p(x|z) is Bernoulli(logits = it), else None (no fused path)."""
+        return self.output_layer if self.config.likelihood == "bernoulli" else None
 
 
-class VAE(BernoulliHeadMixin, nn.Module):
-    """q(z|x) = N(mu(x), diag sigma(x)^2); p(z) standard, MoG or VampPrior; p(x|z) Bernoulli."""
+class VAE(DecoderOutputMixin, nn.Module):
+    """q(z|x) = N(mu(x), diag sigma(x)^2); p(z) standard, MoG or VampPrior; p(x|z) Bernoulli or binned grey."""
 
     def __init__(self, config: ModelConfig, data: torch.Tensor | None = None):
         super().__init__()
@@ -57,7 +83,7 @@ class VAE(BernoulliHeadMixin, nn.Module):
         self.encoder = nn.Sequential(
             mlp(c.x_dim, c.hidden, c.depth, c.net), GaussianHead(c.hidden, c.z_dim, *c.logvar_limits)
         )
-        self.decoder = BernoulliDecoder(c.z_dim, c.hidden, c.depth, c.net, c.x_dim)
+        self.decoder = Decoder(c.z_dim, c)
         self.prior_net = make_prior(c.prior, c.z_dim, c.x_dim, c.n_components, data)
 
     def posterior(self, x: torch.Tensor) -> Distribution:
@@ -71,7 +97,7 @@ class VAE(BernoulliHeadMixin, nn.Module):
         return self.decoder.trunk(z)
 
     @property
-    def likelihood_head(self) -> nn.Linear:
+    def output_layer(self) -> nn.Linear:
         return self.decoder.out
 
 
@@ -139,7 +165,7 @@ class HierarchicalPrior(Distribution):
             return torch.cat([self._bottom(z2).sample(), z2], -1)
 
 
-class HVAE(BernoulliHeadMixin, nn.Module):
+class HVAE(DecoderOutputMixin, nn.Module):
     """The VampPrior paper's two-level VAE: q(z2|x) q(z1|x,z2), p(z2) p(z1|z2) p(x|z1,z2).
 
     Latent z = [z1, z2] (``latent_layers`` = [d, d]); p(z2) is standard, MoG or VampPrior, the
@@ -156,7 +182,7 @@ class HVAE(BernoulliHeadMixin, nn.Module):
         self.q1_head = GaussianHead(h, d, *c.logvar_limits)
         self.p1 = nn.Sequential(mlp(d, h, c.depth, c.net), GaussianHead(h, d, *c.logvar_limits))
         self.p_z1, self.p_z2, self.p_joint = mlp(d, h, 1, c.net), mlp(d, h, 1, c.net), mlp(2 * h, h, 1, c.net)
-        self.p_out = nn.Linear(h, c.x_dim)
+        self.p_out = nn.Linear(h, output_width(c))
         self.prior_net = make_prior(c.prior, d, c.x_dim, c.n_components, data)
 
     def posterior_top(self, x: torch.Tensor) -> Distribution:
@@ -174,7 +200,7 @@ class HVAE(BernoulliHeadMixin, nn.Module):
         return self.p_joint(torch.cat([self.p_z1(z1), self.p_z2(z2)], -1))
 
     @property
-    def likelihood_head(self) -> nn.Linear:
+    def output_layer(self) -> nn.Linear:
         return self.p_out
 
 

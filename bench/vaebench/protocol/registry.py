@@ -32,7 +32,7 @@ from typing import Any
 import torch
 
 from vaebench.core.interface import missing_methods
-from vaebench.families.vae import ModelConfig, build_model
+from vaebench.families.vae import LIKELIHOODS, ModelConfig, build_model
 from vaebench.protocol.checkpoint import CheckpointError, check_weights, load_state
 from vaebench.protocol.datasets import DATASETS, Dataset, load_dataset
 from vaebench.protocol.train import TrainConfig
@@ -160,7 +160,12 @@ def valid_name(name: object) -> bool:
     )
 
 
-MODEL_CHOICES = {"net": ("gated", "tanh"), "prior": ("standard", "mog", "vamp", "vamp-data"), "levels": (1, 2)}
+MODEL_CHOICES = {
+    "net": ("gated", "tanh"),
+    "prior": ("standard", "mog", "vamp", "vamp-data"),
+    "levels": (1, 2),
+    "likelihood": LIKELIHOODS,
+}
 
 
 def _checked_model(path: Path, config: ModelConfig) -> ModelConfig:
@@ -373,7 +378,11 @@ def load(entry: Entry) -> Any:
     fix = f"retrain with `vaebench train {entry.name}` or restore the file with git"
     if meta.get("name", entry.name) != entry.name:
         raise CheckpointError(f"checkpoint {entry.checkpoint} holds model {meta['name']!r}, not {entry.name!r}; {fix}")
-    if entry.model is not None and meta.get("model", asdict(entry.model)) != asdict(entry.model):
+    # settings added since a checkpoint was written take their defaults (every earlier model is Bernoulli)
+    stored = meta.get("model")
+    if isinstance(stored, dict):
+        stored = {**asdict(ModelConfig()), **stored}
+    if entry.model is not None and "model" in meta and stored != asdict(entry.model):
         raise CheckpointError(
             f"checkpoint {entry.checkpoint} was trained with model settings {meta['model']}, but "
             f"entry {entry.name!r} ({entry.source}) says {asdict(entry.model)}; {fix}"
