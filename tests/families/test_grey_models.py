@@ -39,7 +39,7 @@ def test_training_steps_raise_the_elbo_and_the_protocol_runs(frey):
     model = build_model(ModelConfig(**SMALL, likelihood="logistic"))
     opt = torch.optim.Adam(model.parameters(), lr=3e-3)
     before = float(iwae_bounds(model, frey.valid, (1,), seed=0).mean())
-    for step in range(300):
+    for _ in range(300):
         x = frey.train[torch.randint(0, len(frey.train), (100,))]
         q = model.posterior(x)
         z = q.rsample()
