@@ -3,6 +3,7 @@ images, discretized-logistic or discretized-Gaussian decoders for 8-bit grey ima
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 
 import torch
@@ -11,6 +12,7 @@ from torch.distributions import Bernoulli, Distribution, Independent, Normal
 
 from vaebench.families.likelihoods import GREY_LIKELIHOODS
 from vaebench.families.networks import GaussianHead, mlp
+from vaebench.families.pixelcnn import AutoregressiveBernoulli, PixelCNN
 from vaebench.families.priors import make_prior
 
 LIKELIHOODS = ("bernoulli", *GREY_LIKELIHOODS)
@@ -31,6 +33,20 @@ class ModelConfig:
     levels: int = 1  # 1: VAE; 2: the VampPrior paper's two-level HVAE (z1 and z2 both z_dim)
     logvar_limits: tuple[float, float] = field(default=(-6.0, 2.0))
     likelihood: str = "bernoulli"  # bernoulli (binary data), logistic or gaussian (8-bit grey data, binned)
+    decoder: str = "mlp"  # mlp, or pixelcnn: a PixelCNN over the image conditioned on z (square binary images)
+
+    def __post_init__(self) -> None:
+        if self.decoder == "pixelcnn" and (self.likelihood != "bernoulli" or math.isqrt(self.x_dim) ** 2 != self.x_dim):
+            raise ValueError(
+                f"decoder = 'pixelcnn' needs likelihood = 'bernoulli' and square images, not {self.likelihood!r} "
+                f"with x_dim = {self.x_dim}"
+            )
+
+    @property
+    def image_shape(self) -> tuple[int, int]:
+        """(H, W) of the square images a PixelCNN decoder models."""
+        side = math.isqrt(self.x_dim)
+        return side, side
 
 
 def output_width(config: ModelConfig) -> int:
@@ -47,18 +63,27 @@ def output_distribution(likelihood: str, out: torch.Tensor) -> Distribution:
     return Independent(GREY_LIKELIHOODS[likelihood](torch.sigmoid(loc), log_scale.clamp(*LOG_SCALE_LIMITS).exp()), 1)
 
 
+def output_network(config: ModelConfig) -> nn.Module:
+    """What turns the decoder's features into p(x|z): one linear layer (see :func:`output_distribution`), or a
+    :class:`PixelCNN` conditioned on the features."""
+    if config.decoder == "pixelcnn":
+        return PixelCNN(config.image_shape, config.hidden)
+    return nn.Linear(config.hidden, output_width(config))
+
+
 class Decoder(nn.Module):
-    """The decoder's last layer W h(z) + b (see :func:`output_distribution`): an MLP trunk h, one linear layer."""
+    """An MLP trunk h(z), then :func:`output_network`."""
 
     def __init__(self, n_in: int, config: ModelConfig):
         super().__init__()
         self.trunk = mlp(n_in, config.hidden, config.depth, config.net)
-        self.out = nn.Linear(config.hidden, output_width(config))
+        self.out = output_network(config)
 
 
 class DecoderOutputMixin:
-    """p(x|z) = output_distribution(out(features(z))), ``out`` the model's ``output_layer``. For a Bernoulli
-    decoder ``likelihood_head`` exposes that layer to the fused paths; the prior's pseudo-inputs (a VampPrior's;
+    """p(x|z) = output_distribution(out(features(z))), ``out`` the model's ``output_layer``, or a PixelCNN's
+    autoregressive Bernoulli conditioned on the features. For a Bernoulli MLP decoder ``likelihood_head`` exposes
+    that layer to the fused paths; the prior's pseudo-inputs (a VampPrior's;
     None for the others) are there for the report."""
 
     @property
@@ -66,12 +91,16 @@ class DecoderOutputMixin:
         return getattr(self.prior_net, "pseudo_inputs", None)
 
     def likelihood(self, z: torch.Tensor) -> Distribution:
-        return output_distribution(self.config.likelihood, self.output_layer(self.likelihood_features(z)))
+        features = self.likelihood_features(z)
+        if self.config.decoder == "pixelcnn":
+            return AutoregressiveBernoulli(self.output_layer, features)
+        return output_distribution(self.config.likelihood, self.output_layer(features))
 
     @property
     def likelihood_head(self) -> nn.Linear | None:
         """The logits layer when p(x|z) is Bernoulli(logits = it), else None (no fused path)."""
-        return self.output_layer if self.config.likelihood == "bernoulli" else None
+        plain = self.config.likelihood == "bernoulli" and self.config.decoder == "mlp"
+        return self.output_layer if plain else None
 
 
 class VAE(DecoderOutputMixin, nn.Module):
@@ -97,7 +126,7 @@ class VAE(DecoderOutputMixin, nn.Module):
         return self.decoder.trunk(z)
 
     @property
-    def output_layer(self) -> nn.Linear:
+    def output_layer(self) -> nn.Module:
         return self.decoder.out
 
 
@@ -182,7 +211,7 @@ class HVAE(DecoderOutputMixin, nn.Module):
         self.q1_head = GaussianHead(h, d, *c.logvar_limits)
         self.p1 = nn.Sequential(mlp(d, h, c.depth, c.net), GaussianHead(h, d, *c.logvar_limits))
         self.p_z1, self.p_z2, self.p_joint = mlp(d, h, 1, c.net), mlp(d, h, 1, c.net), mlp(2 * h, h, 1, c.net)
-        self.p_out = nn.Linear(h, output_width(c))
+        self.p_out = output_network(c)
         self.prior_net = make_prior(c.prior, d, c.x_dim, c.n_components, data)
 
     def posterior_top(self, x: torch.Tensor) -> Distribution:
@@ -200,7 +229,7 @@ class HVAE(DecoderOutputMixin, nn.Module):
         return self.p_joint(torch.cat([self.p_z1(z1), self.p_z2(z2)], -1))
 
     @property
-    def output_layer(self) -> nn.Linear:
+    def output_layer(self) -> nn.Module:
         return self.p_out
 
 

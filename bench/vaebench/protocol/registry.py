@@ -146,7 +146,10 @@ def _typed(path: Path, table: dict[str, Any], cls: type, what: str, required: tu
         if not ok or isinstance(value, bool) != isinstance(default, bool):
             raise _fail(path, f"[{what}] {key} = {value!r} should be of type {type(default).__name__}", key)
         table = {**table, key: float(value) if isinstance(default, float) else value}
-    return cls(**table)
+    try:
+        return cls(**table)
+    except ValueError as err:  # settings that do not fit together (the dataclass's own check)
+        raise _fail(path, f"[{what}] {err}") from None
 
 
 def valid_name(name: object) -> bool:
@@ -165,6 +168,7 @@ MODEL_CHOICES = {
     "prior": ("standard", "mog", "vamp", "vamp-data"),
     "levels": (1, 2),
     "likelihood": LIKELIHOODS,
+    "decoder": ("mlp", "pixelcnn"),
 }
 
 
