@@ -110,6 +110,7 @@ def cmd_list(args: argparse.Namespace) -> int:
         if e.model is not None:
             model = f"vae {e.model.prior}, {e.model.levels} level(s), {e.model.likelihood}"
             model += ", PixelCNN" if e.model.decoder == "pixelcnn" else ""
+            model += ", IWAE chain" if e.model.hierarchy == "iwae" else ""
         print(f"{e.name:24} {e.dataset:20} {model:46} {'yes' if e.trained else 'no':7} {e.source}")
     return 0
 

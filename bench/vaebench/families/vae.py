@@ -14,6 +14,7 @@ from vaebench.families.likelihoods import GREY_LIKELIHOODS
 from vaebench.families.networks import GaussianHead, mlp
 from vaebench.families.pixelcnn import AutoregressiveBernoulli, PixelCNN
 from vaebench.families.priors import make_prior
+from vaebench.families.two_layer import TwoLayerVAE
 
 LIKELIHOODS = ("bernoulli", *GREY_LIKELIHOODS)
 LOG_SCALE_LIMITS = (-7.0, 0.0)  # of a grey decoder's per-pixel scale: from a tenth of a grey level to the range
@@ -34,8 +35,17 @@ class ModelConfig:
     logvar_limits: tuple[float, float] = field(default=(-6.0, 2.0))
     likelihood: str = "bernoulli"  # bernoulli (binary data), logistic or gaussian (8-bit grey data, binned)
     decoder: str = "mlp"  # mlp, or pixelcnn: a PixelCNN over the image conditioned on z (square binary images)
+    hierarchy: str = "vampprior"  # levels = 2: vampprior (HVAE, top-down q) or iwae (bottom-up chain x -> h1 -> h2)
+    z2_dim: int = 50  # hierarchy = iwae: size of h2 (h1 has z_dim)
+    hidden2: int = 50  # hierarchy = iwae: units of the layers between h1 and h2
 
     def __post_init__(self) -> None:
+        iwae_chain = (self.levels, self.prior, self.likelihood, self.decoder) == (2, "standard", "bernoulli", "mlp")
+        if self.hierarchy == "iwae" and not iwae_chain:
+            raise ValueError(
+                "hierarchy = 'iwae' is the IWAE paper's two-layer model: levels = 2, prior = 'standard', "
+                "likelihood = 'bernoulli', decoder = 'mlp'"
+            )
         if self.decoder == "pixelcnn" and (self.likelihood != "bernoulli" or math.isqrt(self.x_dim) ** 2 != self.x_dim):
             raise ValueError(
                 f"decoder = 'pixelcnn' needs likelihood = 'bernoulli' and square images, not {self.likelihood!r} "
@@ -234,5 +244,7 @@ class HVAE(DecoderOutputMixin, nn.Module):
 
 
 def build_model(config: ModelConfig, data: torch.Tensor | None = None) -> nn.Module:
-    """A VAE (``levels=1``) or HVAE (``levels=2``) from its config."""
+    """A VAE (``levels=1``), HVAE (``levels=2``) or the IWAE paper's two-layer model (``hierarchy="iwae"``)."""
+    if config.hierarchy == "iwae":
+        return TwoLayerVAE(config)
     return (VAE if config.levels == 1 else HVAE)(config, data)

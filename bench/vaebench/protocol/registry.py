@@ -169,6 +169,7 @@ MODEL_CHOICES = {
     "levels": (1, 2),
     "likelihood": LIKELIHOODS,
     "decoder": ("mlp", "pixelcnn"),
+    "hierarchy": ("vampprior", "iwae"),
 }
 
 
@@ -177,7 +178,7 @@ def _checked_model(path: Path, config: ModelConfig) -> ModelConfig:
     for key, choices in MODEL_CHOICES.items():
         if getattr(config, key) not in choices:
             raise _fail(path, f"[model] {key} = {getattr(config, key)!r}; use one of {choices}", key)
-    for key in ("x_dim", "z_dim", "hidden", "depth", "n_components"):
+    for key in ("x_dim", "z_dim", "hidden", "depth", "n_components", "z2_dim", "hidden2"):
         if getattr(config, key) < 1:
             raise _fail(path, f"[model] {key} = {getattr(config, key)}: must be at least 1", key)
     return config
