@@ -53,6 +53,11 @@ class ModelConfig:
             )
 
     @property
+    def latent_dim(self) -> int:
+        """Units of the latent z: z_dim per level, or h1 and h2 of the IWAE chain."""
+        return self.z_dim + self.z2_dim if self.hierarchy == "iwae" else self.z_dim * self.levels
+
+    @property
     def image_shape(self) -> tuple[int, int]:
         """(H, W) of the square images a PixelCNN decoder models."""
         side = math.isqrt(self.x_dim)

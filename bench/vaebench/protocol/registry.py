@@ -105,7 +105,7 @@ class Entry:
 
     @property
     def latent_dim(self) -> int | None:
-        return self.model.z_dim * self.model.levels if self.model is not None else None
+        return self.model.latent_dim if self.model is not None else None
 
     def load_data(self, root: str | os.PathLike | None = None) -> Dataset:
         return load_dataset(self.dataset, root, n_valid=self.n_valid)
