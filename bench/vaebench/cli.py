@@ -104,10 +104,14 @@ def _settings(args: argparse.Namespace) -> Settings:
 
 
 def cmd_list(args: argparse.Namespace) -> int:
-    print(f"{'name':24} {'dataset':16} {'model':34} {'trained':7} entry")
+    print(f"{'name':24} {'dataset':20} {'model':46} {'trained':7} entry")
     for e in _registry(args).values():
-        model = f"vae {e.model.prior}, {e.model.levels} level(s)" if e.model is not None else e.factory
-        print(f"{e.name:24} {e.dataset:16} {model:34} {'yes' if e.trained else 'no':7} {e.source}")
+        model = e.factory
+        if e.model is not None:
+            model = f"vae {e.model.prior}, {e.model.levels} level(s), {e.model.likelihood}"
+            model += ", PixelCNN" if e.model.decoder == "pixelcnn" else ""
+            model += ", IWAE chain" if e.model.hierarchy == "iwae" else ""
+        print(f"{e.name:24} {e.dataset:20} {model:46} {'yes' if e.trained else 'no':7} {e.source}")
     return 0
 
 

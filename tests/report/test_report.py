@@ -78,7 +78,10 @@ def test_leaderboard_ranks_every_model_of_a_dataset_including_unregistered_ones(
 
 
 def test_bits_per_dimension_are_exact(entries):
-    assert PIXELS == {"binarized-mnist": 784, "mnist": 784, "fashion-mnist": 784, "digits": 64}
+    from vaebench.protocol.datasets import DATASETS, FREY_FACES_SHAPE
+
+    assert set(PIXELS) == set(DATASETS)  # every loadable dataset has its D
+    assert PIXELS["frey-faces"] == math.prod(FREY_FACES_SHAPE) == 560 and PIXELS["digits"] == 64
     assert bits_per_dim(-50.0, 64) == 50.0 / (64 * math.log(2))
     assert bits_per_dim(-85.35, 784) == 85.35 / (784 * math.log(2))
     assert bits_per_dim_se(0.23, 784) == 0.23 / (784 * math.log(2))

@@ -22,7 +22,7 @@ rest.
 
 What is compiled, and when it falls back:
 
-- Models that expose ``likelihood_features(z)`` and ``likelihood_head`` (an ``nn.Linear``: every model of
+- Models that expose ``likelihood_features(z)`` and ``likelihood_head`` (an ``nn.Linear``: every Bernoulli model of
   :mod:`vaebench.families`) have the Bernoulli term written out as above. Any other model (an outside
   model) has its own ``model.likelihood(z).log_prob(x)`` traced and compiled, as are ``prior.log_prob(z)``
   and ``q.log_prob(z)`` for every prior and posterior: whatever dynamo cannot trace runs eagerly between

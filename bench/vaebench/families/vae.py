@@ -1,15 +1,23 @@
-"""One- and two-level VAEs with Bernoulli decoders, implementing the ``vaebench.core.interface`` methods."""
+"""One- and two-level VAEs, implementing the ``vaebench.core.interface`` methods: Bernoulli decoders for binary
+images, discretized-logistic or discretized-Gaussian decoders for 8-bit grey images (:mod:`.likelihoods`)."""
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 
 import torch
 from torch import nn
 from torch.distributions import Bernoulli, Distribution, Independent, Normal
 
+from vaebench.families.likelihoods import GREY_LIKELIHOODS
 from vaebench.families.networks import GaussianHead, mlp
+from vaebench.families.pixelcnn import AutoregressiveBernoulli, PixelCNN
 from vaebench.families.priors import make_prior
+from vaebench.families.two_layer import TwoLayerVAE
+
+LIKELIHOODS = ("bernoulli", *GREY_LIKELIHOODS)
+LOG_SCALE_LIMITS = (-7.0, 0.0)  # of a grey decoder's per-pixel scale: from a tenth of a grey level to the range
 
 
 @dataclass
@@ -25,31 +33,93 @@ class ModelConfig:
     n_components: int = 500
     levels: int = 1  # 1: VAE; 2: the VampPrior paper's two-level HVAE (z1 and z2 both z_dim)
     logvar_limits: tuple[float, float] = field(default=(-6.0, 2.0))
+    likelihood: str = "bernoulli"  # bernoulli (binary data), logistic or gaussian (8-bit grey data, binned)
+    decoder: str = "mlp"  # mlp, or pixelcnn: a PixelCNN over the image conditioned on z (square binary images)
+    hierarchy: str = "vampprior"  # levels = 2: vampprior (HVAE, top-down q) or iwae (bottom-up chain x -> h1 -> h2)
+    z2_dim: int = 50  # hierarchy = iwae: size of h2 (h1 has z_dim)
+    hidden2: int = 50  # hierarchy = iwae: units of the layers between h1 and h2
+
+    def __post_init__(self) -> None:
+        iwae_chain = (self.levels, self.prior, self.likelihood, self.decoder) == (2, "standard", "bernoulli", "mlp")
+        if self.hierarchy == "iwae" and not iwae_chain:
+            raise ValueError(
+                "hierarchy = 'iwae' is the IWAE paper's two-layer model: levels = 2, prior = 'standard', "
+                "likelihood = 'bernoulli', decoder = 'mlp'"
+            )
+        if self.decoder == "pixelcnn" and (self.likelihood != "bernoulli" or math.isqrt(self.x_dim) ** 2 != self.x_dim):
+            raise ValueError(
+                f"decoder = 'pixelcnn' needs likelihood = 'bernoulli' and square images, not {self.likelihood!r} "
+                f"with x_dim = {self.x_dim}"
+            )
+
+    @property
+    def latent_dim(self) -> int:
+        """Units of the latent z: z_dim per level, or h1 and h2 of the IWAE chain."""
+        return self.z_dim + self.z2_dim if self.hierarchy == "iwae" else self.z_dim * self.levels
+
+    @property
+    def image_shape(self) -> tuple[int, int]:
+        """(H, W) of the square images a PixelCNN decoder models."""
+        side = math.isqrt(self.x_dim)
+        return side, side
 
 
-class BernoulliDecoder(nn.Module):
-    """Logits W h(z) + b of p(x|z): an MLP trunk h, then one linear output layer."""
+def output_width(config: ModelConfig) -> int:
+    """Outputs of the decoder's last layer: D logits, or D locations and D log-scales for a grey decoder."""
+    return config.x_dim * (1 if config.likelihood == "bernoulli" else 2)
 
-    def __init__(self, n_in: int, hidden: int, depth: int, net: str, x_dim: int):
+
+def output_distribution(likelihood: str, out: torch.Tensor) -> Distribution:
+    """p(x|z) from the decoder's last layer ``out`` [..., width]: Bernoulli(logits = out), or for a grey decoder
+    the binned law with loc = sigmoid(first half) and log-scale = the second half clamped to LOG_SCALE_LIMITS."""
+    if likelihood == "bernoulli":
+        return Independent(Bernoulli(logits=out), 1)
+    loc, log_scale = out.chunk(2, dim=-1)
+    return Independent(GREY_LIKELIHOODS[likelihood](torch.sigmoid(loc), log_scale.clamp(*LOG_SCALE_LIMITS).exp()), 1)
+
+
+def output_network(config: ModelConfig) -> nn.Module:
+    """What turns the decoder's features into p(x|z): one linear layer (see :func:`output_distribution`), or a
+    :class:`PixelCNN` conditioned on the features."""
+    if config.decoder == "pixelcnn":
+        return PixelCNN(config.image_shape, config.hidden)
+    return nn.Linear(config.hidden, output_width(config))
+
+
+class Decoder(nn.Module):
+    """An MLP trunk h(z), then :func:`output_network`."""
+
+    def __init__(self, n_in: int, config: ModelConfig):
         super().__init__()
-        self.trunk = mlp(n_in, hidden, depth, net)
-        self.out = nn.Linear(hidden, x_dim)
+        self.trunk = mlp(n_in, config.hidden, config.depth, config.net)
+        self.out = output_network(config)
 
 
-class BernoulliHeadMixin:
-    """p(x|z) = Bernoulli(logits = head(features(z))): exposes the split for the fused kernel, and the
-    prior's pseudo-inputs (a VampPrior's; None for the others) for the report."""
+class DecoderOutputMixin:
+    """p(x|z) = output_distribution(out(features(z))), ``out`` the model's ``output_layer``, or a PixelCNN's
+    autoregressive Bernoulli conditioned on the features. For a Bernoulli MLP decoder ``likelihood_head`` exposes
+    that layer to the fused paths; the prior's pseudo-inputs (a VampPrior's;
+    None for the others) are there for the report."""
 
     @property
     def pseudo_inputs(self) -> torch.Tensor | None:
         return getattr(self.prior_net, "pseudo_inputs", None)
 
     def likelihood(self, z: torch.Tensor) -> Distribution:
-        return Independent(Bernoulli(logits=self.likelihood_head(self.likelihood_features(z))), 1)
+        features = self.likelihood_features(z)
+        if self.config.decoder == "pixelcnn":
+            return AutoregressiveBernoulli(self.output_layer, features)
+        return output_distribution(self.config.likelihood, self.output_layer(features))
+
+    @property
+    def likelihood_head(self) -> nn.Linear | None:
+        """The logits layer when p(x|z) is Bernoulli(logits = it), else None (no fused path)."""
+        plain = self.config.likelihood == "bernoulli" and self.config.decoder == "mlp"
+        return self.output_layer if plain else None
 
 
-class VAE(BernoulliHeadMixin, nn.Module):
-    """q(z|x) = N(mu(x), diag sigma(x)^2); p(z) standard, MoG or VampPrior; p(x|z) Bernoulli."""
+class VAE(DecoderOutputMixin, nn.Module):
+    """q(z|x) = N(mu(x), diag sigma(x)^2); p(z) standard, MoG or VampPrior; p(x|z) Bernoulli or binned grey."""
 
     def __init__(self, config: ModelConfig, data: torch.Tensor | None = None):
         super().__init__()
@@ -57,7 +127,7 @@ class VAE(BernoulliHeadMixin, nn.Module):
         self.encoder = nn.Sequential(
             mlp(c.x_dim, c.hidden, c.depth, c.net), GaussianHead(c.hidden, c.z_dim, *c.logvar_limits)
         )
-        self.decoder = BernoulliDecoder(c.z_dim, c.hidden, c.depth, c.net, c.x_dim)
+        self.decoder = Decoder(c.z_dim, c)
         self.prior_net = make_prior(c.prior, c.z_dim, c.x_dim, c.n_components, data)
 
     def posterior(self, x: torch.Tensor) -> Distribution:
@@ -71,7 +141,7 @@ class VAE(BernoulliHeadMixin, nn.Module):
         return self.decoder.trunk(z)
 
     @property
-    def likelihood_head(self) -> nn.Linear:
+    def output_layer(self) -> nn.Module:
         return self.decoder.out
 
 
@@ -139,7 +209,7 @@ class HierarchicalPrior(Distribution):
             return torch.cat([self._bottom(z2).sample(), z2], -1)
 
 
-class HVAE(BernoulliHeadMixin, nn.Module):
+class HVAE(DecoderOutputMixin, nn.Module):
     """The VampPrior paper's two-level VAE: q(z2|x) q(z1|x,z2), p(z2) p(z1|z2) p(x|z1,z2).
 
     Latent z = [z1, z2] (``latent_layers`` = [d, d]); p(z2) is standard, MoG or VampPrior, the
@@ -156,7 +226,7 @@ class HVAE(BernoulliHeadMixin, nn.Module):
         self.q1_head = GaussianHead(h, d, *c.logvar_limits)
         self.p1 = nn.Sequential(mlp(d, h, c.depth, c.net), GaussianHead(h, d, *c.logvar_limits))
         self.p_z1, self.p_z2, self.p_joint = mlp(d, h, 1, c.net), mlp(d, h, 1, c.net), mlp(2 * h, h, 1, c.net)
-        self.p_out = nn.Linear(h, c.x_dim)
+        self.p_out = output_network(c)
         self.prior_net = make_prior(c.prior, d, c.x_dim, c.n_components, data)
 
     def posterior_top(self, x: torch.Tensor) -> Distribution:
@@ -174,10 +244,12 @@ class HVAE(BernoulliHeadMixin, nn.Module):
         return self.p_joint(torch.cat([self.p_z1(z1), self.p_z2(z2)], -1))
 
     @property
-    def likelihood_head(self) -> nn.Linear:
+    def output_layer(self) -> nn.Module:
         return self.p_out
 
 
 def build_model(config: ModelConfig, data: torch.Tensor | None = None) -> nn.Module:
-    """A VAE (``levels=1``) or HVAE (``levels=2``) from its config."""
+    """A VAE (``levels=1``), HVAE (``levels=2``) or the IWAE paper's two-layer model (``hierarchy="iwae"``)."""
+    if config.hierarchy == "iwae":
+        return TwoLayerVAE(config)
     return (VAE if config.levels == 1 else HVAE)(config, data)

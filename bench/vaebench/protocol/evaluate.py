@@ -19,12 +19,14 @@ import warnings
 from pathlib import Path
 
 import torch
+from torch.distributions import constraints
 from tqdm import tqdm
 
 from vaebench.core.diagnostics import KHAT_UNRELIABLE, point_estimates
 from vaebench.core.estimators import all_log_weights
 from vaebench.core.metrics import NotGaussianPosterior, active_units, elbo_surgery
-from vaebench.protocol.datasets import Dataset
+from vaebench.families.likelihoods import grey_levels
+from vaebench.protocol.datasets import DataError, Dataset
 from vaebench.protocol.files import atomic_path
 from vaebench.protocol.record import Record, SurgeryTerms
 from vaebench.protocol.settings import PROTOCOL_VERSION, Settings
@@ -142,6 +144,35 @@ def distributed_rank_world() -> tuple[int, int]:
     return 0, 1
 
 
+@torch.no_grad()
+def check_data_kind(model, dataset: Dataset, x: torch.Tensor, name: str = "model") -> None:
+    """Raise :class:`DataError` when the model's p(x|z) cannot be a likelihood of ``dataset``: a decoder over {0, 1}
+    (Bernoulli) given 8-bit grey levels, a decoder over the 256 grey levels given binary data, or data outside
+    the decoder's support. Asks p(x|z) at the posterior mean of ``x`` [1, D] (any model with the interface)."""
+    q = model.posterior(x)
+    try:
+        z = q.mean
+    except NotImplementedError:
+        z = q.sample()
+    try:
+        support = model.likelihood(z[None]).support
+    except NotImplementedError:  # a distribution that does not state its support: nothing to check
+        return
+    base = getattr(support, "base_constraint", support)
+    if base is constraints.boolean and not dataset.binary:
+        raise DataError(
+            f"model {name} has a Bernoulli decoder (p(x|z) over {{0, 1}}), but {dataset.name} holds 8-bit grey "
+            'levels: evaluate it on binary data, or use a grey decoder (likelihood = "logistic" or "gaussian")'
+        )
+    if base is grey_levels and dataset.binary:
+        raise DataError(
+            f"model {name} has a decoder over 256 grey levels, but {dataset.name} is binary: evaluate it on 8-bit "
+            'grey data, or use likelihood = "bernoulli"'
+        )
+    if not bool(support.check(x).all()):
+        raise DataError(f"the {dataset.name} data lie outside the support of model {name}'s p(x|z) ({support})")
+
+
 def test_subset(n_total: int, n_test: int) -> torch.Tensor:
     """The test indices evaluated: all of them, or a fixed random subset (seed 0, sorted). Never a
     prefix: the static binarized MNIST test file is ordered by digit (images 1000-1999 are mostly
@@ -193,6 +224,7 @@ def evaluate(
     ids = test_subset(n_total, n_test)
     x = dataset.test[ids].to(device)
     dataset.check_values(x, f"{dataset.name} test split")
+    check_data_kind(model, dataset, x[:1], name)
     ks, k, seed, batch_size = settings.ladder, settings.k, settings.seed, settings.batch_size
     est = per_example_estimates(
         model, x, ks, seed, batch_size, settings.chunk_size, name, progress_path, settings.backend, ids, fingerprint

@@ -32,7 +32,7 @@ from typing import Any
 import torch
 
 from vaebench.core.interface import missing_methods
-from vaebench.families.vae import ModelConfig, build_model
+from vaebench.families.vae import LIKELIHOODS, ModelConfig, build_model
 from vaebench.protocol.checkpoint import CheckpointError, check_weights, load_state
 from vaebench.protocol.datasets import DATASETS, Dataset, load_dataset
 from vaebench.protocol.train import TrainConfig
@@ -105,7 +105,7 @@ class Entry:
 
     @property
     def latent_dim(self) -> int | None:
-        return self.model.z_dim * self.model.levels if self.model is not None else None
+        return self.model.latent_dim if self.model is not None else None
 
     def load_data(self, root: str | os.PathLike | None = None) -> Dataset:
         return load_dataset(self.dataset, root, n_valid=self.n_valid)
@@ -146,7 +146,10 @@ def _typed(path: Path, table: dict[str, Any], cls: type, what: str, required: tu
         if not ok or isinstance(value, bool) != isinstance(default, bool):
             raise _fail(path, f"[{what}] {key} = {value!r} should be of type {type(default).__name__}", key)
         table = {**table, key: float(value) if isinstance(default, float) else value}
-    return cls(**table)
+    try:
+        return cls(**table)
+    except ValueError as err:  # settings that do not fit together (the dataclass's own check)
+        raise _fail(path, f"[{what}] {err}") from None
 
 
 def valid_name(name: object) -> bool:
@@ -160,7 +163,14 @@ def valid_name(name: object) -> bool:
     )
 
 
-MODEL_CHOICES = {"net": ("gated", "tanh"), "prior": ("standard", "mog", "vamp", "vamp-data"), "levels": (1, 2)}
+MODEL_CHOICES = {
+    "net": ("gated", "tanh"),
+    "prior": ("standard", "mog", "vamp", "vamp-data"),
+    "levels": (1, 2),
+    "likelihood": LIKELIHOODS,
+    "decoder": ("mlp", "pixelcnn"),
+    "hierarchy": ("vampprior", "iwae"),
+}
 
 
 def _checked_model(path: Path, config: ModelConfig) -> ModelConfig:
@@ -168,7 +178,7 @@ def _checked_model(path: Path, config: ModelConfig) -> ModelConfig:
     for key, choices in MODEL_CHOICES.items():
         if getattr(config, key) not in choices:
             raise _fail(path, f"[model] {key} = {getattr(config, key)!r}; use one of {choices}", key)
-    for key in ("x_dim", "z_dim", "hidden", "depth", "n_components"):
+    for key in ("x_dim", "z_dim", "hidden", "depth", "n_components", "z2_dim", "hidden2"):
         if getattr(config, key) < 1:
             raise _fail(path, f"[model] {key} = {getattr(config, key)}: must be at least 1", key)
     return config
@@ -373,7 +383,11 @@ def load(entry: Entry) -> Any:
     fix = f"retrain with `vaebench train {entry.name}` or restore the file with git"
     if meta.get("name", entry.name) != entry.name:
         raise CheckpointError(f"checkpoint {entry.checkpoint} holds model {meta['name']!r}, not {entry.name!r}; {fix}")
-    if entry.model is not None and meta.get("model", asdict(entry.model)) != asdict(entry.model):
+    # settings added since a checkpoint was written take their defaults (every earlier model is Bernoulli)
+    stored = meta.get("model")
+    if isinstance(stored, dict):
+        stored = {**asdict(ModelConfig()), **stored}
+    if entry.model is not None and "model" in meta and stored != asdict(entry.model):
         raise CheckpointError(
             f"checkpoint {entry.checkpoint} was trained with model settings {meta['model']}, but "
             f"entry {entry.name!r} ({entry.source}) says {asdict(entry.model)}; {fix}"

@@ -22,6 +22,7 @@ from tqdm import tqdm
 from vaebench.core.estimators import elbo, sample_posterior
 from vaebench.protocol.checkpoint import CheckpointError, atomic_save, atomic_write_json, load_state, weight_problems
 from vaebench.protocol.datasets import Dataset
+from vaebench.protocol.evaluate import check_data_kind
 from vaebench.protocol.settings import SettingsError
 
 
@@ -238,6 +239,7 @@ def train(
     check_config(cfg, metadata.get("name", "this entry"))
     torch.manual_seed(cfg.seed)
     model = build().to(device)
+    check_data_kind(model, data, data.valid[:1].to(device), metadata.get("name", "model"))
     opt = torch.optim.Adam(model.parameters(), lr=cfg.lr, eps=cfg.adam_eps)
     gen = torch.Generator().manual_seed(cfg.seed)
     torch.manual_seed(cfg.seed)

@@ -71,7 +71,7 @@ def _show(grids: list[tuple[str, torch.Tensor]], title: str, path: Path, width_i
 @torch.no_grad()
 def reconstructions(name: str, model, data, out: Path, n: int = 16, seed: int = 0) -> Path:
     """``images/NAME_reconstructions.png``: ``n`` test images from a seeded random sample (row "test image") over
-    their reconstructions, the Bernoulli means of p(x | z = mean of q(z|x)) (row "reconstruction")."""
+    their reconstructions, the means of p(x | z = mean of q(z|x)) (row "reconstruction")."""
     h, w = data.image_shape
     index = random_test_indices(len(data.test), n, seed)
     x = data.test[index]
@@ -84,19 +84,19 @@ def reconstructions(name: str, model, data, out: Path, n: int = 16, seed: int = 
     grids = [("test image", _grid(x, h, w, n)), ("reconstruction", _grid(recon.reshape(n, -1), h, w, n))]
     title = (
         f"{name}: {n} random test images of {data.name} (seed {seed}) and their reconstructions\n"
-        "reconstruction: Bernoulli means of p(x | z), z = mean of q(z|x)"
+        "reconstruction: the mean of p(x | z) (a sample where it has none), z = mean of q(z|x)"
     )
     return _show(grids, title, out / "images" / f"{name}_reconstructions.png")
 
 
 @torch.no_grad()
 def samples(name: str, model, data, out: Path, n: int = 64, seed: int = 0) -> Path:
-    """``images/NAME_samples.png``: Bernoulli means of p(x|z) for ``n`` seeded draws z ~ p(z)."""
+    """``images/NAME_samples.png``: means of p(x|z) (a sample where it has none) for ``n`` seeded draws z ~ p(z)."""
     h, w = data.image_shape
     torch.manual_seed(seed)
     z = model.prior().sample((n,))
     x = _mean(model.likelihood(z)).reshape(n, -1)
-    title = f"{name}: {n} samples from the model (Bernoulli means of p(x|z), z ~ p(z), seed {seed})"
+    title = f"{name}: {n} samples from the model (means of p(x|z), z ~ p(z), seed {seed})"
     return _show([("", _grid(x, h, w, 16))], title, out / "images" / f"{name}_samples.png")
 
 
