@@ -21,9 +21,9 @@ DATASET_TITLES = {
     "binarized-mnist": "static binarized MNIST",
     "mnist": "MNIST, dynamically binarized",
     "fashion-mnist": "Fashion-MNIST, dynamically binarized",
-    "omniglot-28": "Omniglot 28x28 (resized here from the 105x105 images; not the papers' file)",
-    "caltech-silhouettes": "Caltech 101 Silhouettes (own split of the full set, the papers' sizes)",
-    "frey-faces": "Frey Faces, 8-bit grey, discretized likelihood (own split, seed 0)",
+    "omniglot-28": "Omniglot 28x28 (resized here)",
+    "caltech-silhouettes": "Caltech 101 Silhouettes (own split)",
+    "frey-faces": "Frey Faces, 8-bit grey (own split)",
     "digits": "scikit-learn 8x8 digits",
 }
 DATASET_ORDER = tuple(PIXELS)
