@@ -55,13 +55,13 @@ def test_ppca_record_error_matches_reseeded_spread(k):
 @pytest.mark.slow
 def test_trained_model_error_matches_reseeded_spread():
     """vae-standard on 20 test points of binarized MNIST, 100 seeds of K = 5000 draws (the first 50 and 500 of
-    each stream give K = 50 and 500). Its weights are heavy-tailed (k-hat above 0.7 at most points), where a
+    each stream give K = 50 and 500), through the compiled path the records are made with. Its weights are heavy-tailed (k-hat above 0.7 at most points), where a
     per-point error is usually too small and now and then large: pooled as variances it is right."""
     model = registry.load(registry.load_registry([registry.builtin_registry()])["vae-standard"])
     data = load_dataset("binarized-mnist")
     ids = evaluate.test_subset(len(data.test), 20)
     x = data.test[ids]
-    draws = [all_log_weights(model, x, 5000, seed=s, index=ids) for s in range(SEEDS)]
+    draws = [all_log_weights(model, x, 5000, seed=s, index=ids, backend="compiled") for s in range(SEEDS)]
     for k in (50, 500, 5000):
         fits = [iwae_jackknife(lw[:k]) for lw in draws]
         values = torch.stack([f.bound for f in fits]).numpy()
