@@ -174,6 +174,27 @@ def test_cli_rejects_bad_options(tmp_path, args, message):
     assert "Traceback" not in result.stderr
 
 
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["eval", TINY, "--out", ""], "argument --out: '' is not a usable path"),
+        (["report", "--out", " "], "argument --out: ' ' is not a usable path"),
+        (["check", TINY, "--baseline", ""], "argument --baseline: '' is not a usable path"),
+        (["--data-dir", "", "list"], "argument --data-dir: '' is not a usable path"),
+        (["eval", "--k", "many"], "argument --k: invalid int value: 'many'; see `vaebench eval --help`"),
+        (["evaluate"], "invalid choice: 'evaluate'"),
+    ],
+)
+def test_usage_errors_are_one_line_and_empty_paths_are_refused(tmp_path, args, message):
+    """An empty path would mean the current folder (records written where nobody looks): refused, as every
+    argparse error, in one line with exit 2 and nothing written."""
+    before = set(ROOT.iterdir())
+    result = run_bench(*args)
+    assert result.returncode == 2, result.stderr
+    assert result.stderr.count("\n") == 1 and message in result.stderr, result.stderr
+    assert set(ROOT.iterdir()) == before
+
+
 def test_checkpoint_with_nan_weights_is_refused(tmp_path):
     state = load_state(ENTRIES[TINY].checkpoint)
     state["model"]["decoder.out.bias"][3] = float("nan")
