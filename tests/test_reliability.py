@@ -417,6 +417,26 @@ def test_temporary_and_foreign_files_among_records_are_skipped(tmp_path):
     assert pd.read_csv(out / "metrics.csv").model.tolist() == [TINY]
 
 
+def test_a_copied_record_and_an_infinite_per_example_value_are_named(tmp_path):
+    out = tmp_path / "out"
+    assert run_bench("eval", TINY, "digits-standard", "--k", "20", "--n-test", "30", "--out", str(out)).returncode == 0
+    copy = out / "records" / "my-copy.json"
+    copy.write_text((out / "records" / f"{TINY}.json").read_text())
+    result = run_bench("report", "--out", str(out))
+    assert result.returncode == 2 and "Traceback" not in result.stderr, result.stderr
+    assert f"{copy} holds the record of '{TINY}', not of 'my-copy'" in result.stderr
+    copy.unlink()
+    per_example = out / "per_example" / f"{TINY}.csv.gz"
+    frame = pd.read_csv(per_example)
+    frame.loc[4, "L_20"] = float("-inf")
+    frame.to_csv(per_example, index=False)
+    for command in (["report"], ["compare", TINY, "digits-standard"]):
+        result = run_bench(*command, "--out", str(out))
+        assert result.returncode == 2 and "Traceback" not in result.stderr, result.stderr
+        assert f"{per_example} is damaged (line 6, column L_20: " in result.stderr
+        assert "is not a finite number" in result.stderr
+
+
 @pytest.mark.parametrize(
     "damage,message",
     [

@@ -119,8 +119,18 @@ def record_files(out: Path) -> list[Path]:
 
 
 def all_records(out: Path) -> list[Record]:
-    """Every stored record, in name order."""
-    return [read_record(path)[1] for path in record_files(out)]
+    """Every stored record, in name order. A record whose file is named after another model (a copied file,
+    which would count that model twice) is a :class:`ResultsError` naming it."""
+    records = []
+    for path in record_files(out):
+        record = read_record(path)[1]
+        if record.model != path.stem:
+            raise ResultsError(
+                f"{path} holds the record of {record.model!r}, not of {path.stem!r} (a copied or renamed file "
+                f"would count {record.model!r} twice): delete it, or run `vaebench eval {path.stem}` to make its own"
+            )
+        records.append(record)
+    return records
 
 
 def records_frame(records: list[Record]) -> pd.DataFrame:
