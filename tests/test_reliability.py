@@ -238,6 +238,22 @@ def test_unreadable_progress_file_is_replaced_with_a_warning(tmp_path):
     assert got.log_likelihood == want.log_likelihood
 
 
+def test_progress_file_with_a_flipped_bit_is_replaced_with_a_warning(tmp_path):
+    model, data = registry.load(ENTRIES[TINY]), load_dataset("digits")
+    settings = Settings(k=50, n_test=20, batch_size=10)
+    want, _ = evaluate(model, data, settings)
+    progress = tmp_path / "p.progress.pt"
+    evaluate(model, data, settings, progress_path=progress)
+    saved = torch.load(progress, weights_only=True)
+    batch = next(iter(saved["done"].values()))  # one finished batch: its tensors, in whatever container
+    tensor = next(t for t in (batch.values() if isinstance(batch, dict) else batch) if isinstance(t, torch.Tensor))
+    tensor.view(-1)[0] = tensor.view(-1)[0] + 1e-3  # a flipped low bit: loadable, plausible, wrong
+    torch.save(saved, progress)
+    with pytest.warns(UserWarning, match="p.progress.pt is damaged"):
+        got, _ = evaluate(model, data, settings, progress_path=progress)
+    assert got.log_likelihood == want.log_likelihood
+
+
 def test_cli_unwritable_output_folder(tmp_path):
     blocker = tmp_path / "file"
     blocker.write_text("")

@@ -43,10 +43,11 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from vaebench.protocol.files import atomic_path
+from vaebench.protocol.files import atomic_path, content_digest
 
 AMAT_URL = "http://www.cs.toronto.edu/~larocheh/public/datasets/binarized_mnist/binarized_mnist_{split}.amat"
 AMAT_SPLITS = {"train": 50_000, "valid": 10_000, "test": 10_000}
+CACHE_FORMAT = 2  # part of every cache key: the layout of a cache file ({"data", "digest"} since 2)
 AMAT_PARSER_VERSION = 2  # part of the cache key: bump it whenever parse_amat's output changes
 AMAT_MEAN_RANGE = (0.05, 0.5)  # plausible fraction of ones per split; the canonical files have about 0.13
 IDX_FILES = ["train-images-idx3-ubyte", "train-labels-idx1-ubyte", "t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte"]
@@ -282,7 +283,7 @@ def _write_cache(cached: Path, x: torch.Tensor, consequence: str) -> None:
     """Save ``x`` to ``cached`` atomically; an unwritable cache folder gives a warning naming ``consequence``."""
     try:
         with atomic_path(cached) as tmp:
-            torch.save(x, tmp)
+            torch.save({"data": x, "digest": content_digest(x)}, tmp)
     except OSError as err:
         warnings.warn(
             f"cache folder {cached.parent} cannot be written ({type(err).__name__}: "
@@ -294,7 +295,7 @@ def _write_cache(cached: Path, x: torch.Tensor, consequence: str) -> None:
 def _cache_path(path: Path, dim: int) -> Path:
     """The cached copy of ``path``, keyed by what fixes its content: the parser version, ``dim`` and the file
     (resolved path, size, modification time)."""
-    identity = f"v{AMAT_PARSER_VERSION}:{dim}:{_file_identity(path)}"
+    identity = f"c{CACHE_FORMAT}:v{AMAT_PARSER_VERSION}:{dim}:{_file_identity(path)}"
     return cache_dir() / f"{path.stem}-{hashlib.sha1(identity.encode()).hexdigest()[:16]}.pt"
 
 
@@ -305,16 +306,19 @@ def _file_identity(path: Path) -> str:
 
 
 def _read_cache(cached: Path, dim: int, max_value: int = 1, count: int | None = None) -> torch.Tensor | None:
-    """The cached copy as float32, or None when it is missing, unreadable or not a uint8 [N, ``dim``] tensor
-    with values 0..``max_value`` (and ``count`` rows when given); then the source is read again and the copy
-    replaced."""
+    """The cached copy as float32, or None when it is missing, unreadable, damaged (its checksum does not match),
+    or not a uint8 [N, ``dim``] tensor with values 0..``max_value`` (and ``count`` rows when given); then the
+    source is read again and the copy replaced."""
     try:
         if not cached.is_file():
             return None
-        x = torch.load(cached, weights_only=True)
+        stored = torch.load(cached, weights_only=True)
     except Exception:  # any damage (torch.load raises IndexError, EOFError, ...) means parse again
         return None
-    if not isinstance(x, torch.Tensor) or x.dtype != torch.uint8 or x.ndim != 2 or x.shape[1] != dim:
+    x = stored.get("data") if isinstance(stored, dict) else None
+    if not isinstance(x, torch.Tensor) or stored.get("digest") != content_digest(x):  # a flipped bit: parse again
+        return None
+    if x.dtype != torch.uint8 or x.ndim != 2 or x.shape[1] != dim:
         return None
     if x.numel() == 0 or bool((x > max_value).any()) or (count is not None and x.shape[0] != count):
         return None
@@ -736,7 +740,7 @@ def omniglot_grey_levels(folder: Path) -> torch.Tensor:
         _require_file(path, "omniglot-28", layout, OMNIGLOT_URL)
     n = OMNIGLOT_DRAWINGS * sum(OMNIGLOT_CHARACTERS.values())
     areas = _area_window_sizes()
-    identity = f"v{OMNIGLOT_RESIZE_VERSION}:{IMAGE_SIZE}:" + ":".join(_file_identity(p) for p in paths)
+    identity = f"c{CACHE_FORMAT}:v{OMNIGLOT_RESIZE_VERSION}:{IMAGE_SIZE}:" + ":".join(_file_identity(p) for p in paths)
     cached = cache_dir() / f"omniglot28-{hashlib.sha1(identity.encode()).hexdigest()[:16]}.pt"
     counts = _read_cache(cached, areas.numel(), max_value=int(areas.max()), count=n)
     if counts is None:

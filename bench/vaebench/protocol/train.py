@@ -23,6 +23,7 @@ from vaebench.core.estimators import elbo, sample_posterior
 from vaebench.protocol.checkpoint import CheckpointError, atomic_save, atomic_write_json, load_state, weight_problems
 from vaebench.protocol.datasets import Dataset
 from vaebench.protocol.evaluate import check_data_kind
+from vaebench.protocol.files import content_digest
 from vaebench.protocol.settings import SettingsError
 
 
@@ -167,6 +168,11 @@ def _restore_state(
     :class:`CheckpointError` naming ``path`` and the fix when it is unreadable, does not match, or was made
     with another :func:`training_key`."""
     saved = load_state(path)
+    if "digest" in saved and saved["digest"] != content_digest({k: v for k, v in saved.items() if k != "digest"}):
+        raise CheckpointError(
+            f"training state {path} is damaged (its content does not match its checksum); delete it to continue "
+            "from the best checkpoint beside it (or from scratch)"
+        )
     if isinstance(saved.get("key"), dict):
         _check_key(saved["key"], key, path, best_path)
     _load_weights(model, saved, path, opt)
@@ -355,17 +361,15 @@ def train(
         elif epoch + 1 > cfg.warmup_epochs:
             st["since_best"] += 1
         st["done"] = st["since_best"] >= cfg.patience or st["epoch"] >= cfg.max_epochs
-        atomic_save(
-            {
-                "model": model.state_dict(),
-                "optimizer": opt.state_dict(),
-                "data_rng": gen.get_state(),
-                "torch_rng": torch.get_rng_state(),
-                "progress": st,
-                "key": key,
-            },
-            state_path,
-        )
+        state = {
+            "model": model.state_dict(),
+            "optimizer": opt.state_dict(),
+            "data_rng": gen.get_state(),
+            "torch_rng": torch.get_rng_state(),
+            "progress": st,
+            "key": key,
+        }
+        atomic_save({**state, "digest": content_digest(state)}, state_path)
         atomic_write_json(
             {
                 **metadata,
