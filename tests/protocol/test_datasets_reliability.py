@@ -259,3 +259,19 @@ def test_cache_key_holds_the_parser_version_and_bad_cached_copies_are_parsed_aga
     datasets._cache_path(path, 784).write_bytes(b"truncated")
     assert torch.equal(datasets._cached_amat(path), want)
     assert torch.equal(parse_amat(path), want)
+
+
+@needs_amat
+def test_swapped_valid_and_test_amat_files_are_refused(tmp_path):
+    """The two files have the same size, count and statistics: only their content tells them apart."""
+    folder = tmp_path / "data" / "BinarizedMNIST"
+    folder.mkdir(parents=True)
+    for name, source in (("train", "train"), ("valid", "test"), ("test", "valid")):
+        (folder / f"binarized_mnist_{name}.amat").symlink_to(
+            SHARED / "BinarizedMNIST" / f"binarized_mnist_{source}.amat"
+        )
+    load_dataset("binarized-mnist")  # the real files' copies in the cache must not stand in for the links
+    with pytest.raises(
+        DataError, match=r"binarized_mnist_valid\.amat is the canonical test split .*not the valid split"
+    ):
+        load_dataset("binarized-mnist", tmp_path / "data")
