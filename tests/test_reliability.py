@@ -580,3 +580,36 @@ def test_check_update_refuses_to_mix_settings_and_names_the_way_out_of_a_damaged
     path.write_text("model,metric\n")
     damaged = run_bench("check", "--update", TINY, "--baseline", str(path), "--k", "10", "--n-test", "30")
     assert damaged.returncode == 2 and f"delete {path} first" in damaged.stderr
+
+
+def test_a_per_example_file_not_written_with_its_record_is_named_and_not_reused(tmp_path):
+    """A run stopped between writing the per-example file and the record (or another run's file put in its
+    place) leaves a pair that does not belong together: the report names it, eval evaluates again."""
+    out = tmp_path / "out"
+    quick = ("--k", "20", "--n-test", "30", "--out", str(out))
+    assert run_bench("eval", TINY, "digits-standard", *quick).returncode == 0
+    per_example = out / "per_example" / f"{TINY}.csv.gz"
+    frame = pd.read_csv(per_example)
+    frame["L_20"] = frame["L_20"] - 1.0  # plausible, well formed, not the record's
+    frame.to_csv(per_example, index=False)
+    result = run_bench("report", "--out", str(out))
+    assert result.returncode == 2 and "Traceback" not in result.stderr, result.stderr
+    assert f"{per_example} is damaged (it is not the file written with" in result.stderr
+    again = run_bench("eval", TINY, *quick)
+    assert again.returncode == 0 and "reusing" not in again.stdout, again.stdout
+    assert run_bench("report", "--out", str(out)).returncode == 0
+
+
+def test_a_record_of_other_settings_stored_meanwhile_is_not_replaced(tmp_path):
+    """check_replaceable is asked again under the results lock when the record is written: a quick run that
+    started before a full one finished cannot replace it."""
+    from vaebench.protocol.results import ResultsError, save_record
+
+    model, data = registry.load(ENTRIES[TINY]), load_dataset("digits")
+    record, per_example = evaluate(model, data, Settings(k=20, n_test=30))
+    full = {"k": 5000, "n_test": None, "seed": 0, "surgery_samples": 10_000}
+    quick = {**full, "k": 20, "n_test": 30}
+    save_record(tmp_path, TINY, full, record, per_example, force=False)
+    with pytest.raises(ResultsError, match=r"made with k=5000 \(now 20\)"):
+        save_record(tmp_path, TINY, quick, record, per_example, force=False)
+    save_record(tmp_path, TINY, quick, record, per_example, force=True)

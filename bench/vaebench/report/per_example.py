@@ -11,7 +11,7 @@ import numpy as np
 import pandas as pd
 
 from vaebench.protocol.record import Record
-from vaebench.protocol.results import ResultsError, per_example_path
+from vaebench.protocol.results import ResultsError, per_example_matches, per_example_path, record_path
 from vaebench.protocol.settings import SURGERY_SAMPLES
 
 
@@ -88,6 +88,11 @@ def read_per_example(out: Path, name: str, record: Record | None = None, need_el
             raise damaged(f"it holds {bounds[0]}, but the record was made with K = {record.k}")
         if len(numeric) != record.n_test:
             raise damaged(f"{len(numeric)} test points, but the record says {record.n_test}")
+    if record_path(out, name).is_file() and not per_example_matches(out, name):
+        raise damaged(
+            f"it is not the file written with {record_path(out, name)}: another run replaced it, or a run was "
+            "stopped between writing the two"
+        )
     return numeric.set_index("test_index")
 
 
