@@ -174,6 +174,27 @@ def test_cli_rejects_bad_options(tmp_path, args, message):
     assert "Traceback" not in result.stderr
 
 
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["eval", TINY, "--out", ""], "argument --out: '' is not a usable path"),
+        (["report", "--out", " "], "argument --out: ' ' is not a usable path"),
+        (["check", TINY, "--baseline", ""], "argument --baseline: '' is not a usable path"),
+        (["--data-dir", "", "list"], "argument --data-dir: '' is not a usable path"),
+        (["eval", "--k", "many"], "argument --k: invalid int value: 'many'; see `vaebench eval --help`"),
+        (["evaluate"], "invalid choice: 'evaluate'"),
+    ],
+)
+def test_usage_errors_are_one_line_and_empty_paths_are_refused(tmp_path, args, message):
+    """An empty path would mean the current folder (records written where nobody looks): refused, as every
+    argparse error, in one line with exit 2 and nothing written."""
+    before = set(ROOT.iterdir())
+    result = run_bench(*args)
+    assert result.returncode == 2, result.stderr
+    assert result.stderr.count("\n") == 1 and message in result.stderr, result.stderr
+    assert set(ROOT.iterdir()) == before
+
+
 def test_checkpoint_with_nan_weights_is_refused(tmp_path):
     state = load_state(ENTRIES[TINY].checkpoint)
     state["model"]["decoder.out.bias"][3] = float("nan")
@@ -214,6 +235,22 @@ def test_unreadable_progress_file_is_replaced_with_a_warning(tmp_path):
     progress.write_bytes(b"not a torch file")
     with pytest.warns(UserWarning, match="p.progress.pt is unreadable"):
         got, _ = evaluate(model, data, Settings(k=50, n_test=20), progress_path=progress)
+    assert got.log_likelihood == want.log_likelihood
+
+
+def test_progress_file_with_a_flipped_bit_is_replaced_with_a_warning(tmp_path):
+    model, data = registry.load(ENTRIES[TINY]), load_dataset("digits")
+    settings = Settings(k=50, n_test=20, batch_size=10)
+    want, _ = evaluate(model, data, settings)
+    progress = tmp_path / "p.progress.pt"
+    evaluate(model, data, settings, progress_path=progress)
+    saved = torch.load(progress, weights_only=True)
+    batch = next(iter(saved["done"].values()))  # one finished batch: its tensors, in whatever container
+    tensor = next(t for t in (batch.values() if isinstance(batch, dict) else batch) if isinstance(t, torch.Tensor))
+    tensor.view(-1)[0] = tensor.view(-1)[0] + 1e-3  # a flipped low bit: loadable, plausible, wrong
+    torch.save(saved, progress)
+    with pytest.warns(UserWarning, match="p.progress.pt is damaged"):
+        got, _ = evaluate(model, data, settings, progress_path=progress)
     assert got.log_likelihood == want.log_likelihood
 
 
@@ -399,6 +436,26 @@ def test_temporary_and_foreign_files_among_records_are_skipped(tmp_path):
     assert pd.read_csv(out / "metrics.csv").model.tolist() == [TINY]
 
 
+def test_a_copied_record_and_an_infinite_per_example_value_are_named(tmp_path):
+    out = tmp_path / "out"
+    assert run_bench("eval", TINY, "digits-standard", "--k", "20", "--n-test", "30", "--out", str(out)).returncode == 0
+    copy = out / "records" / "my-copy.json"
+    copy.write_text((out / "records" / f"{TINY}.json").read_text())
+    result = run_bench("report", "--out", str(out))
+    assert result.returncode == 2 and "Traceback" not in result.stderr, result.stderr
+    assert f"{copy} holds the record of '{TINY}', not of 'my-copy'" in result.stderr
+    copy.unlink()
+    per_example = out / "per_example" / f"{TINY}.csv.gz"
+    frame = pd.read_csv(per_example)
+    frame.loc[4, "L_20"] = float("-inf")
+    frame.to_csv(per_example, index=False)
+    for command in (["report"], ["compare", TINY, "digits-standard"]):
+        result = run_bench(*command, "--out", str(out))
+        assert result.returncode == 2 and "Traceback" not in result.stderr, result.stderr
+        assert f"{per_example} is damaged (line 6, column L_20: " in result.stderr
+        assert "is not a finite number" in result.stderr
+
+
 @pytest.mark.parametrize(
     "damage,message",
     [
@@ -526,3 +583,36 @@ def test_check_update_refuses_to_mix_settings_and_names_the_way_out_of_a_damaged
     path.write_text("model,metric\n")
     damaged = run_bench("check", "--update", TINY, "--baseline", str(path), "--k", "10", "--n-test", "30")
     assert damaged.returncode == 2 and f"delete {path} first" in damaged.stderr
+
+
+def test_a_per_example_file_not_written_with_its_record_is_named_and_not_reused(tmp_path):
+    """A run stopped between writing the per-example file and the record (or another run's file put in its
+    place) leaves a pair that does not belong together: the report names it, eval evaluates again."""
+    out = tmp_path / "out"
+    quick = ("--k", "20", "--n-test", "30", "--out", str(out))
+    assert run_bench("eval", TINY, "digits-standard", *quick).returncode == 0
+    per_example = out / "per_example" / f"{TINY}.csv.gz"
+    frame = pd.read_csv(per_example)
+    frame["L_20"] = frame["L_20"] - 1.0  # plausible, well formed, not the record's
+    frame.to_csv(per_example, index=False)
+    result = run_bench("report", "--out", str(out))
+    assert result.returncode == 2 and "Traceback" not in result.stderr, result.stderr
+    assert f"{per_example} is damaged (it is not the file written with" in result.stderr
+    again = run_bench("eval", TINY, *quick)
+    assert again.returncode == 0 and "reusing" not in again.stdout, again.stdout
+    assert run_bench("report", "--out", str(out)).returncode == 0
+
+
+def test_a_record_of_other_settings_stored_meanwhile_is_not_replaced(tmp_path):
+    """check_replaceable is asked again under the results lock when the record is written: a quick run that
+    started before a full one finished cannot replace it."""
+    from vaebench.protocol.results import ResultsError, save_record
+
+    model, data = registry.load(ENTRIES[TINY]), load_dataset("digits")
+    record, per_example = evaluate(model, data, Settings(k=20, n_test=30))
+    full = {"k": 5000, "n_test": None, "seed": 0, "surgery_samples": 10_000}
+    quick = {**full, "k": 20, "n_test": 30}
+    save_record(tmp_path, TINY, full, record, per_example, force=False)
+    with pytest.raises(ResultsError, match=r"made with k=5000 \(now 20\)"):
+        save_record(tmp_path, TINY, quick, record, per_example, force=False)
+    save_record(tmp_path, TINY, quick, record, per_example, force=True)

@@ -14,6 +14,7 @@ import argparse
 import sys
 from dataclasses import asdict
 from pathlib import Path
+from typing import NoReturn
 
 import torch
 
@@ -233,10 +234,27 @@ def cmd_all(args: argparse.Namespace) -> int:
     return cmd_report(args)
 
 
+class _Parser(argparse.ArgumentParser):
+    """argparse with its usage errors said in one line (exit 2), as every other bad input is."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(2, f"error: {message}; see `{self.prog} --help`\n")
+
+
+def _path(value: str) -> str:
+    """An argparse type: a file or folder name that is not empty (an empty one would mean the current folder)."""
+    if not value.strip() or "\0" in value:
+        raise argparse.ArgumentTypeError(f"{value!r} is not a usable path: give a file or folder name")
+    return value
+
+
 def _common(p: argparse.ArgumentParser, suppress: bool) -> None:
     default = argparse.SUPPRESS if suppress else None
     p.add_argument(
-        "--data-dir", default=default, help="dataset directory (default: $VAEBENCH_DATA, else ~/.cache/vaebench/data)"
+        "--data-dir",
+        type=_path,
+        default=default,
+        help="dataset directory (default: $VAEBENCH_DATA, else ~/.cache/vaebench/data)",
     )
     p.add_argument(
         "--device",
@@ -246,6 +264,7 @@ def _common(p: argparse.ArgumentParser, suppress: bool) -> None:
     p.add_argument(
         "--registry",
         action="append",
+        type=_path,
         default=default,
         metavar="DIR",
         help="an outside registry folder (one folder per model with an entry.toml; repeatable; "
@@ -286,29 +305,30 @@ def _protocol_options(p: argparse.ArgumentParser, defaults: dict, out: bool = Tr
         default=defaults["surgery_samples"],
         help="draws from q(z) for the ELBO-surgery expectations (default %(default)s)",
     )
-    p.add_argument("--out", default="results", help="results folder (default %(default)s, in the current folder)")
+    p.add_argument(
+        "--out", type=_path, default="results", help="results folder (default %(default)s, in the current folder)"
+    )
     p.add_argument(
         "--model",
         metavar="FILE.py:FUNCTION",
         help="a one-off model not in any registry: a function returning a model with the interface "
         "(or package.module:function); needs --checkpoint and --dataset",
     )
-    p.add_argument("--checkpoint", metavar="FILE", help="the one-off model's weights (a state_dict)")
+    p.add_argument("--checkpoint", type=_path, metavar="FILE", help="the one-off model's weights (a state_dict)")
     p.add_argument("--dataset", help=f"the one-off model's dataset: one of {', '.join(DATASETS)}")
     p.add_argument("--name", help="the one-off model's name in the results (default: the checkpoint's file stem)")
 
 
 def parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(
-        prog="vaebench", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
+    p = _Parser(prog="vaebench", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     _common(p, suppress=False)
     p.add_argument(
         "--out",
+        type=_path,
         default="results",
         help="results folder of the main job (eval, then report) when no subcommand is given (default %(default)s)",
     )
-    common = argparse.ArgumentParser(add_help=False)  # the same options after the subcommand
+    common = _Parser(add_help=False)  # the same options after the subcommand
     _common(common, suppress=True)
     sub = p.add_subparsers(dest="command")
     sub.add_parser("list", help="the registry and which entries are trained", parents=[common]).set_defaults(
@@ -335,16 +355,17 @@ def parser() -> argparse.ArgumentParser:
     e.set_defaults(func=cmd_eval)
     m = sub.add_parser("compare", help="paired differences of models of one dataset", parents=[common])
     m.add_argument("models", nargs="+", help="two or more evaluated models of one dataset")
-    m.add_argument("--out", default="results", help="results folder (default %(default)s)")
+    m.add_argument("--out", type=_path, default="results", help="results folder (default %(default)s)")
     m.set_defaults(func=cmd_compare)
     r = sub.add_parser("report", help="tables and plots from stored results", parents=[common])
-    r.add_argument("--out", default="results", help="results folder (default %(default)s)")
+    r.add_argument("--out", type=_path, default="results", help="results folder (default %(default)s)")
     r.set_defaults(func=cmd_report)
     c = sub.add_parser("check", help="quick protocol vs a baseline file (exit 1 on a regression)", parents=[common])
     c.add_argument("names", nargs="*", help="registry names (default: every trained model)")
     _protocol_options(c, CHECK_DEFAULTS)
     c.add_argument(
         "--baseline",
+        type=_path,
         default="results/baseline.csv",
         help="the baseline CSV to compare with, or to write with --update (default %(default)s)",
     )

@@ -48,6 +48,14 @@ BAD_STRUCTURES = {
     "empty": (lambda w: {}, 'has no "model" entry'),
     "empty model": (lambda w: {"model": {}}, 'has an empty "model"'),
     "string weight": (lambda w: {"model": {**w, "extra": "0.5"}}, "has a str under 'extra' in \"model\""),
+    "sparse weight": (
+        lambda w: {"model": {k: v.to_sparse() if v.ndim == 2 else v for k, v in w.items()}},
+        r"has a torch.sparse_coo tensor under '.*' in \"model\", not a dense one",
+    ),
+    "meta weight": (
+        lambda w: {"model": {k: v.to("meta") for k, v in w.items()}},
+        r"has a meta tensor under '.*' in \"model\": shapes without values",
+    ),
 }
 
 

@@ -15,6 +15,7 @@ import torch
 
 from vaebench.protocol import datasets
 from vaebench.protocol.datasets import DataError, check_amat_split, load_dataset, parse_amat
+from vaebench.protocol.files import content_digest
 
 ROOT = Path(__file__).resolve().parents[2]
 SHARED = Path(os.environ.get("VAEBENCH_DATA") or ROOT.parent / "shared" / "datasets")
@@ -239,14 +240,38 @@ def test_cache_key_holds_the_parser_version_and_bad_cached_copies_are_parsed_aga
     assert first.is_file()
     monkeypatch.setattr(datasets, "AMAT_PARSER_VERSION", datasets.AMAT_PARSER_VERSION + 1)
     assert datasets._cache_path(path, 784) != first  # a new parser never reads an old parser's copies
+    assert torch.equal(datasets._cached_amat(path), want)
+    good = torch.load(datasets._cache_path(path, 784), weights_only=True)
+    flipped = good["data"].clone()
+    flipped[2, 100] ^= 1  # a bit flipped on disk: still binary, still loadable, caught by the checksum
     for poison in (
-        torch.full((6, 784), 2, dtype=torch.uint8),
-        torch.zeros(6, 783, dtype=torch.uint8),
-        torch.zeros(6, 784),
+        {"data": torch.full((6, 784), 2, dtype=torch.uint8)},
+        {"data": torch.zeros(6, 783, dtype=torch.uint8)},
+        {"data": torch.zeros(6, 784)},
+        {"data": flipped, "digest": good["digest"]},
+        good["data"],  # the layout before cache format 2
         {"not": "a tensor"},
     ):
+        if isinstance(poison, dict) and "data" in poison and "digest" not in poison:
+            poison["digest"] = content_digest(poison["data"])
         torch.save(poison, datasets._cache_path(path, 784))
         assert torch.equal(datasets._cached_amat(path), want)
     datasets._cache_path(path, 784).write_bytes(b"truncated")
     assert torch.equal(datasets._cached_amat(path), want)
     assert torch.equal(parse_amat(path), want)
+
+
+@needs_amat
+def test_swapped_valid_and_test_amat_files_are_refused(tmp_path):
+    """The two files have the same size, count and statistics: only their content tells them apart."""
+    folder = tmp_path / "data" / "BinarizedMNIST"
+    folder.mkdir(parents=True)
+    for name, source in (("train", "train"), ("valid", "test"), ("test", "valid")):
+        (folder / f"binarized_mnist_{name}.amat").symlink_to(
+            SHARED / "BinarizedMNIST" / f"binarized_mnist_{source}.amat"
+        )
+    load_dataset("binarized-mnist")  # the real files' copies in the cache must not stand in for the links
+    with pytest.raises(
+        DataError, match=r"binarized_mnist_valid\.amat is the canonical test split .*not the valid split"
+    ):
+        load_dataset("binarized-mnist", tmp_path / "data")

@@ -6,7 +6,7 @@ import json
 import os
 import subprocess
 import sys
-from dataclasses import replace
+from dataclasses import asdict, replace
 from pathlib import Path
 
 import pytest
@@ -189,7 +189,7 @@ def test_unreadable_or_mismatched_state_file_is_a_clear_error(tmp_path, data):
     folder = tmp_path / "run"
     fit(folder, data, epochs=1)
     state = folder / "state.pt"
-    good = load_state(state)
+    good = {k: v for k, v in load_state(state).items() if k != "digest"}  # the structure checks, without a checksum
     state.write_bytes(b"not a torch file")
     with pytest.raises(CheckpointError, match=f"checkpoint {state} is truncated or corrupt"):
         fit(folder, data)
@@ -228,3 +228,62 @@ def test_unknown_training_settings_are_settings_errors(tmp_path, data):
         with pytest.raises(SettingsError, match=rf"t: \[train\] {key} = "):
             fit(tmp_path, data, cfg=replace(CFG, **change))
     assert not (tmp_path / "state.pt").exists()
+
+
+# --- a stored run is keyed by what determines its weights; the stopping rule may change ---------------------
+
+
+def keyed_fit(folder: Path, data: Dataset, cfg: TrainConfig = CFG, model: ModelConfig = MODEL, epochs=None) -> dict:
+    meta = {"name": "t", "dataset": "digits", "data_sha256": registry.data_checksum(data), "model": asdict(model)}
+    return train(
+        lambda: build_model(model), data, cfg, folder / "state.pt", folder / "checkpoint.pt", meta, max_epochs=epochs
+    )
+
+
+@pytest.mark.parametrize("with_state", [True, False], ids=["state file", "committed checkpoint only"])
+def test_resuming_with_other_settings_is_refused(tmp_path, data, with_state):
+    folder = tmp_path / "run"
+    keyed_fit(folder, data, epochs=1)
+    if not with_state:
+        (folder / "state.pt").unlink()
+    with pytest.raises(CheckpointError, match=r"was trained with train\.lr=0\.003 \(now 0\.01\): restore those"):
+        keyed_fit(folder, data, cfg=replace(CFG, lr=0.01))
+    with pytest.raises(CheckpointError, match=r"model\.prior='vamp' \(now 'mog'\)"):
+        keyed_fit(folder, data, model=replace(MODEL, prior="mog"))
+    if with_state:
+        other = Dataset("digits", data.train.flip(0), data.valid, data.test, image_shape=(8, 8))
+        with pytest.raises(CheckpointError, match=r"was trained with data_sha256="):
+            keyed_fit(folder, other)
+    assert keyed_fit(folder, data, cfg=replace(CFG, patience=20))["epoch"] == 2  # the stopping rule may change
+
+
+def test_raising_max_epochs_after_a_finished_run_goes_on(tmp_path, data):
+    folder = tmp_path / "run"
+    assert keyed_fit(folder, data)["done"]
+    more = keyed_fit(folder, data, cfg=replace(CFG, max_epochs=3))
+    assert more["epoch"] == 3 and more["done"] and [r["epoch"] for r in more["history"]] == [1, 2, 3]
+
+
+def test_a_diverging_learning_rate_is_one_line_not_a_traceback(tmp_path, data):
+    with pytest.raises(FloatingPointError, match=r"t: the .* became NaN or infinite in epoch 1 \(training diverged\)"):
+        keyed_fit(tmp_path, data, cfg=replace(CFG, lr=1e12))
+    registry_dir = tmp_path / "registry" / "diverging"
+    registry_dir.mkdir(parents=True)
+    entry = (ROOT / "models" / "digits-standard" / "entry.toml").read_text()
+    (registry_dir / "entry.toml").write_text(
+        entry.replace('name = "digits-standard"', 'name = "diverging"').replace("lr = ", "lr = 1e12 #")
+    )
+    line = one_line_error(
+        run_bench("train", "diverging", "--registry", str(tmp_path / "registry"), "--max-epochs", "1")
+    )
+    assert "diverging: the " in line and "lower [train] lr" in line
+
+
+def test_training_state_with_a_flipped_bit_is_refused(tmp_path, data):
+    folder = tmp_path / "run"
+    keyed_fit(folder, data, epochs=1)
+    state = load_state(folder / "state.pt")
+    state["model"]["decoder.out.bias"][0] += 1e-3  # loadable, plausible, wrong
+    atomic_save(state, folder / "state.pt")
+    with pytest.raises(CheckpointError, match=r"state\.pt is damaged \(its content does not match its checksum\)"):
+        keyed_fit(folder, data)

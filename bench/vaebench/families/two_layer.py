@@ -88,10 +88,6 @@ class TwoLayerVAE(nn.Module):
         self.p_x = mlp(self.d1, c.hidden, c.depth, c.net)
         self.p_out = nn.Linear(c.hidden, c.x_dim)
 
-    @property
-    def pseudo_inputs(self) -> None:
-        return None
-
     def posterior(self, x: torch.Tensor) -> Distribution:
         return ChainPosterior(self, x)
 

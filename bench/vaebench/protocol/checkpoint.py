@@ -98,10 +98,15 @@ def _structure_problem(saved: Any) -> str:
 
 
 def _tensor_problem(weights: dict) -> str:
-    """The first entry of ``weights`` that is not a tensor under a string name, or "" when there is none."""
+    """The first entry of ``weights`` that is not a dense tensor with values under a string name, or "" when
+    there is none (a sparse tensor, or a meta tensor of a model saved before its weights existed, is refused)."""
     for key, value in weights.items():
         if not isinstance(key, str) or not isinstance(value, torch.Tensor):
             return f'has {_kind(value)} under {key!r} in "model", not a tensor'
+        if value.layout != torch.strided:
+            return f'has a {value.layout} tensor under {key!r} in "model", not a dense one (save .to_dense())'
+        if value.is_meta:
+            return f'has a meta tensor under {key!r} in "model": shapes without values (save the trained weights)'
     return ""
 
 

@@ -43,11 +43,19 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from vaebench.protocol.files import atomic_path
+from vaebench.protocol.files import atomic_path, content_digest
 
 AMAT_URL = "http://www.cs.toronto.edu/~larocheh/public/datasets/binarized_mnist/binarized_mnist_{split}.amat"
 AMAT_SPLITS = {"train": 50_000, "valid": 10_000, "test": 10_000}
+CACHE_FORMAT = 2  # part of every cache key: the layout of a cache file ({"data", "digest"} since 2)
 AMAT_PARSER_VERSION = 2  # part of the cache key: bump it whenever parse_amat's output changes
+# sha256 of the canonical files: a split found under another split's name (swapped valid and test files have the
+# same size and statistics) is refused when the file is parsed.
+AMAT_SHA256 = {
+    "train": "ad693b29f94c14277b095f5238ddefbbdaaae0939789dd2f4f0205278cee3e4d",
+    "valid": "1de3d397c40fe8eeb33dafd4099a1f665ec01e96d9be234aaeeac8a34930e2e2",
+    "test": "e6687bfea3f820c174f33b7865140b2a2dd2930ef786f35d45795fc193b5ab2c",
+}
 AMAT_MEAN_RANGE = (0.05, 0.5)  # plausible fraction of ones per split; the canonical files have about 0.13
 IDX_FILES = ["train-images-idx3-ubyte", "train-labels-idx1-ubyte", "t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte"]
 IDX_IMAGES, IDX_LABELS = 0x0803, 0x0801  # IDX magic numbers: unsigned bytes, 3 (images) or 1 (labels) dimensions
@@ -230,7 +238,7 @@ def load_binarized_mnist(root: Path) -> Dataset:
         _download_amat(folder, missing)
     splits = {}
     for split, path in paths.items():
-        splits[split] = _cached_amat(path)
+        splits[split] = _cached_amat(path, split=split)
         check_amat_split(splits[split], path, AMAT_SPLITS[split])
     return Dataset("binarized-mnist", splits["train"], splits["valid"], splits["test"])
 
@@ -251,6 +259,19 @@ def check_amat_split(x: torch.Tensor, path: Path, count: int) -> None:
         raise DataError(f"{path}: all {count} images are identical, expected {count} different digits; {fix}")
 
 
+def check_amat_identity(path: Path, split: str) -> None:
+    """Refuse ``path`` (read as the ``split`` split) when its sha256 is that of another split's canonical file."""
+    with path.open("rb") as f:
+        digest = hashlib.file_digest(f, "sha256").hexdigest()
+    other = next((name for name, known in AMAT_SHA256.items() if known == digest and name != split), None)
+    if other is not None:
+        raise DataError(
+            f"{path} is the canonical {other} split of binarized MNIST (sha256 {digest[:12]}...), not the {split} "
+            f"split: the files are swapped or renamed; put each split under its own name "
+            f"(binarized_mnist_{{train,valid,test}}.amat) or download them again"
+        )
+
+
 def _download_amat(folder: Path, missing: list[Path]) -> None:
     try:
         folder.mkdir(parents=True, exist_ok=True)
@@ -266,13 +287,16 @@ def _download_amat(folder: Path, missing: list[Path]) -> None:
         ) from None
 
 
-def _cached_amat(path: Path, dim: int = 784) -> torch.Tensor:
+def _cached_amat(path: Path, dim: int = 784, split: str | None = None) -> torch.Tensor:
     """Parse an ``.amat`` file once and keep a binary copy in :func:`cache_dir`. The cache is optional: an
-    unusable cache folder gives one warning and the file is parsed directly."""
+    unusable cache folder gives one warning and the file is parsed directly. With ``split``, a file that is
+    another split's canonical file (:data:`AMAT_SHA256`) is a :class:`DataError` (checked when it is parsed)."""
     cached = _cache_path(path, dim)
     x = _read_cache(cached, dim)
     if x is not None:
         return x
+    if split is not None:
+        check_amat_identity(path, split)
     x = parse_amat(path, dim)
     _write_cache(cached, x.to(torch.uint8), "reading the .amat files without a cache, which is slower")
     return x
@@ -282,7 +306,7 @@ def _write_cache(cached: Path, x: torch.Tensor, consequence: str) -> None:
     """Save ``x`` to ``cached`` atomically; an unwritable cache folder gives a warning naming ``consequence``."""
     try:
         with atomic_path(cached) as tmp:
-            torch.save(x, tmp)
+            torch.save({"data": x, "digest": content_digest(x)}, tmp)
     except OSError as err:
         warnings.warn(
             f"cache folder {cached.parent} cannot be written ({type(err).__name__}: "
@@ -292,9 +316,10 @@ def _write_cache(cached: Path, x: torch.Tensor, consequence: str) -> None:
 
 
 def _cache_path(path: Path, dim: int) -> Path:
-    """The cached copy of ``path``, keyed by what fixes its content: the parser version, ``dim`` and the file
-    (resolved path, size, modification time)."""
-    identity = f"v{AMAT_PARSER_VERSION}:{dim}:{_file_identity(path)}"
+    """The cached copy of ``path``, keyed by what fixes its content: the parser version, ``dim``, the name it is
+    read under (a link named after one split never reads another split's copy) and the file (resolved path,
+    size, modification time)."""
+    identity = f"c{CACHE_FORMAT}:v{AMAT_PARSER_VERSION}:{dim}:{path.name}:{_file_identity(path)}"
     return cache_dir() / f"{path.stem}-{hashlib.sha1(identity.encode()).hexdigest()[:16]}.pt"
 
 
@@ -305,16 +330,19 @@ def _file_identity(path: Path) -> str:
 
 
 def _read_cache(cached: Path, dim: int, max_value: int = 1, count: int | None = None) -> torch.Tensor | None:
-    """The cached copy as float32, or None when it is missing, unreadable or not a uint8 [N, ``dim``] tensor
-    with values 0..``max_value`` (and ``count`` rows when given); then the source is read again and the copy
-    replaced."""
+    """The cached copy as float32, or None when it is missing, unreadable, damaged (its checksum does not match),
+    or not a uint8 [N, ``dim``] tensor with values 0..``max_value`` (and ``count`` rows when given); then the
+    source is read again and the copy replaced."""
     try:
         if not cached.is_file():
             return None
-        x = torch.load(cached, weights_only=True)
+        stored = torch.load(cached, weights_only=True)
     except Exception:  # any damage (torch.load raises IndexError, EOFError, ...) means parse again
         return None
-    if not isinstance(x, torch.Tensor) or x.dtype != torch.uint8 or x.ndim != 2 or x.shape[1] != dim:
+    x = stored.get("data") if isinstance(stored, dict) else None
+    if not isinstance(x, torch.Tensor) or stored.get("digest") != content_digest(x):  # a flipped bit: parse again
+        return None
+    if x.dtype != torch.uint8 or x.ndim != 2 or x.shape[1] != dim:
         return None
     if x.numel() == 0 or bool((x > max_value).any()) or (count is not None and x.shape[0] != count):
         return None
@@ -736,7 +764,7 @@ def omniglot_grey_levels(folder: Path) -> torch.Tensor:
         _require_file(path, "omniglot-28", layout, OMNIGLOT_URL)
     n = OMNIGLOT_DRAWINGS * sum(OMNIGLOT_CHARACTERS.values())
     areas = _area_window_sizes()
-    identity = f"v{OMNIGLOT_RESIZE_VERSION}:{IMAGE_SIZE}:" + ":".join(_file_identity(p) for p in paths)
+    identity = f"c{CACHE_FORMAT}:v{OMNIGLOT_RESIZE_VERSION}:{IMAGE_SIZE}:" + ":".join(_file_identity(p) for p in paths)
     cached = cache_dir() / f"omniglot28-{hashlib.sha1(identity.encode()).hexdigest()[:16]}.pt"
     counts = _read_cache(cached, areas.numel(), max_value=int(areas.max()), count=n)
     if counts is None:

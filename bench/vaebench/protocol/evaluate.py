@@ -27,14 +27,14 @@ from vaebench.core.estimators import all_log_weights
 from vaebench.core.metrics import NotGaussianPosterior, active_units, elbo_surgery
 from vaebench.families.likelihoods import grey_levels
 from vaebench.protocol.datasets import DataError, Dataset
-from vaebench.protocol.files import atomic_path
+from vaebench.protocol.files import atomic_path, content_digest
 from vaebench.protocol.record import Record, SurgeryTerms
 from vaebench.protocol.settings import PROTOCOL_VERSION, Settings
 
 
 def _load_progress(path: Path | None, key: str) -> dict:
     """The finished batches stored under ``key``; none if the file is missing, from another run, or
-    unreadable (an unreadable file is removed with a warning: its batches are evaluated again)."""
+    unreadable or damaged (its checksum does not match: removed with a warning, its batches evaluated again)."""
     if path is None or not path.is_file():
         return {}
     try:
@@ -47,7 +47,17 @@ def _load_progress(path: Path | None, key: str) -> dict:
         )
         path.unlink(missing_ok=True)
         return {}
-    return saved["done"] if isinstance(saved, dict) and saved.get("key") == key else {}
+    if not isinstance(saved, dict) or saved.get("key") != key:
+        return {}
+    if saved.get("digest") != content_digest(saved.get("done")):
+        warnings.warn(
+            f"progress file {path} is damaged (its content does not match its checksum); starting this "
+            "evaluation again from its first batch",
+            stacklevel=2,
+        )
+        path.unlink(missing_ok=True)
+        return {}
+    return saved["done"]
 
 
 def _save_progress(path: Path | None, key: str, done: dict) -> Path | None:
@@ -57,7 +67,7 @@ def _save_progress(path: Path | None, key: str, done: dict) -> Path | None:
         return None
     try:
         with atomic_path(path) as tmp:
-            torch.save({"key": key, "done": done}, tmp)
+            torch.save({"key": key, "done": done, "digest": content_digest(done)}, tmp)
     except (OSError, RuntimeError) as err:
         warnings.warn(
             f"progress file {path} could not be written ({str(err).splitlines()[0]}); going on without resume points",

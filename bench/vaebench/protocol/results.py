@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import fcntl
 import gzip
+import hashlib
 import io
 import json
 import os
@@ -64,12 +65,26 @@ def read_record(path: Path) -> tuple[dict, Record]:
 
 
 def load_record(out: Path, name: str, key: dict) -> Record | None:
-    """The stored record of ``name`` if it was made with exactly ``key``, else None."""
+    """The stored record of ``name`` if it was made with exactly ``key`` and its per-example file is the one
+    written with it (:func:`per_example_matches`), else None."""
     path = record_path(out, name)
     if not path.is_file():
         return None
     stored_key, record = read_record(path)
-    return record if stored_key == key else None
+    return record if stored_key == key and per_example_matches(out, name) else None
+
+
+def per_example_matches(out: Path, name: str) -> bool:
+    """Whether ``name``'s per-example file is the one its record was written with: the record file holds the
+    sha256 of the per-example file's bytes (records made before that, without it, are taken as matching)."""
+    try:
+        stored = json.loads(record_path(out, name).read_text(encoding="utf-8"))
+        want = stored.get("per_example_sha256") if isinstance(stored, dict) else None
+        if want is None:
+            return True
+        return hashlib.sha256(per_example_path(out, name).read_bytes()).hexdigest() == want
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError):
+        return False
 
 
 def check_replaceable(out: Path, name: str, key: dict, same_model: bool = False) -> None:
@@ -97,15 +112,32 @@ def _gzip_csv(frame: pd.DataFrame) -> bytes:
     return buffer.getvalue()
 
 
-def save_record(out: Path, name: str, key: dict, record: Record, per_example: dict[str, torch.Tensor]) -> None:
-    """Store a record (JSON) and its per-example values (gzipped CSV), both atomically."""
+def save_record(
+    out: Path,
+    name: str,
+    key: dict,
+    record: Record,
+    per_example: dict[str, torch.Tensor],
+    *,
+    force: bool = True,
+    same_model: bool = False,
+) -> None:
+    """Store a record (JSON) and its per-example values (gzipped CSV), each atomically, the record last and
+    holding the per-example file's sha256 (a run stopped between the two leaves a pair that does not match:
+    not reused, and named when read). Under :func:`locked`; without ``force``, :func:`check_replaceable` is
+    asked again there, so a concurrent run cannot replace a record made with other settings."""
     frame = pd.DataFrame(
         {k: v.double().numpy() if v.is_floating_point() else v.numpy() for k, v in per_example.items()}
     ).set_index("test_index")
+    blob = _gzip_csv(frame)
+    stored = {"key": key, "record": record.to_flat(), "per_example_sha256": hashlib.sha256(blob).hexdigest()}
     try:
-        with atomic_path(per_example_path(out, name)) as tmp:
-            tmp.write_bytes(_gzip_csv(frame))
-        atomic_write_text(record_path(out, name), json.dumps({"key": key, "record": record.to_flat()}, indent=1) + "\n")
+        with locked(out):
+            if not force:
+                check_replaceable(out, name, key, same_model)
+            with atomic_path(per_example_path(out, name)) as tmp:
+                tmp.write_bytes(blob)
+            atomic_write_text(record_path(out, name), json.dumps(stored, indent=1) + "\n")
     except OSError as err:
         raise ResultsError(
             f"could not write {name}'s results under {out} ({err.strerror or err}); the previous "
@@ -119,8 +151,18 @@ def record_files(out: Path) -> list[Path]:
 
 
 def all_records(out: Path) -> list[Record]:
-    """Every stored record, in name order."""
-    return [read_record(path)[1] for path in record_files(out)]
+    """Every stored record, in name order. A record whose file is named after another model (a copied file,
+    which would count that model twice) is a :class:`ResultsError` naming it."""
+    records = []
+    for path in record_files(out):
+        record = read_record(path)[1]
+        if record.model != path.stem:
+            raise ResultsError(
+                f"{path} holds the record of {record.model!r}, not of {path.stem!r} (a copied or renamed file "
+                f"would count {record.model!r} twice): delete it, or run `vaebench eval {path.stem}` to make its own"
+            )
+        records.append(record)
+    return records
 
 
 def records_frame(records: list[Record]) -> pd.DataFrame:

@@ -159,7 +159,7 @@ def evaluate_entries(
             record, code_version=code_version(), source_sha256=code, checkpoint_sha256=key["checkpoint_sha256"]
         )
         if store and rank == 0:
-            save_record(out, entry.name, key, record, per_example)
+            save_record(out, entry.name, key, record, per_example, force=force, same_model=entry.one_off)
         if progress is not None:
             if world > 1:
                 torch.distributed.barrier()  # rank 0 has stored the record

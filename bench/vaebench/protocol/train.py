@@ -23,6 +23,7 @@ from vaebench.core.estimators import elbo, sample_posterior
 from vaebench.protocol.checkpoint import CheckpointError, atomic_save, atomic_write_json, load_state, weight_problems
 from vaebench.protocol.datasets import Dataset
 from vaebench.protocol.evaluate import check_data_kind
+from vaebench.protocol.files import content_digest
 from vaebench.protocol.settings import SettingsError
 
 
@@ -125,10 +126,55 @@ def _check_optimizer(opt: torch.optim.Optimizer) -> None:
                     )
 
 
-def _restore_state(model: torch.nn.Module, opt: torch.optim.Optimizer, gen: torch.Generator, path: Path) -> dict:
+STOPPING_RULE = ("max_epochs", "patience")  # may change between runs of one training (raise them to go on)
+
+
+def training_key(cfg: TrainConfig, metadata: dict) -> dict:
+    """What determines a training run's weights: dataset, data checksum, model settings and every [train]
+    setting but the stopping rule. A stored state or checkpoint made with another key is not resumed."""
+    return {
+        "dataset": metadata.get("dataset"),
+        "data_sha256": metadata.get("data_sha256"),
+        "model": metadata.get("model"),
+        "train": {k: v for k, v in asdict(cfg).items() if k not in STOPPING_RULE},
+    }
+
+
+def _check_key(stored: dict, key: dict, path: Path, best_path: Path) -> None:
+    """Raise a :class:`CheckpointError` naming the settings in which ``stored`` (from ``path``) differs from
+    ``key``; settings one side does not have (older files, newer options) are not compared."""
+    stored, key = json.loads(json.dumps(stored)), json.loads(json.dumps(key))  # tuples and lists alike
+    changed = []
+    for part in ("dataset", "data_sha256", "model", "train"):
+        old, new = stored.get(part), key.get(part)
+        if isinstance(old, dict) and isinstance(new, dict):
+            changed += [
+                f"{part}.{k}={old[k]!r} (now {new[k]!r})" for k in sorted(old.keys() & new.keys()) if old[k] != new[k]
+            ]
+        elif old is not None and new is not None and old != new:
+            changed.append(f"{part}={old!r} (now {new!r})")
+    if changed:
+        raise CheckpointError(
+            f"{path} was trained with {', '.join(changed)}: restore those settings to continue it, or delete "
+            f"{' and '.join(sorted({str(path), str(best_path), str(best_path.with_suffix('.json'))}))} to train "
+            "from scratch with the new ones"
+        )
+
+
+def _restore_state(
+    model: torch.nn.Module, opt: torch.optim.Optimizer, gen: torch.Generator, path: Path, key: dict, best_path: Path
+) -> dict:
     """Resume from the per-epoch state file: weights, optimiser, both generators and the progress; a
-    :class:`CheckpointError` naming ``path`` and the fix when it is unreadable or does not match."""
+    :class:`CheckpointError` naming ``path`` and the fix when it is unreadable, does not match, or was made
+    with another :func:`training_key`."""
     saved = load_state(path)
+    if "digest" in saved and saved["digest"] != content_digest({k: v for k, v in saved.items() if k != "digest"}):
+        raise CheckpointError(
+            f"training state {path} is damaged (its content does not match its checksum); delete it to continue "
+            "from the best checkpoint beside it (or from scratch)"
+        )
+    if isinstance(saved.get("key"), dict):
+        _check_key(saved["key"], key, path, best_path)
     _load_weights(model, saved, path, opt)
     progress = saved.get("progress")
     try:
@@ -192,11 +238,13 @@ def _history_problem(info: object) -> str:
     return ""
 
 
-def _warm_restart(model: torch.nn.Module, best_path: Path, seed: int, gen: torch.Generator) -> dict:
+def _warm_restart(model: torch.nn.Module, best_path: Path, seed: int, gen: torch.Generator, key: dict) -> dict:
     """Continue from a committed best checkpoint when the per-epoch state file is gone (a fresh
     clone): the best weights, the epoch count and history; Adam's moments start again from zero.
-    Both the checkpoint and its ``.json`` record are checked first (:func:`_read_history`)."""
+    Both the checkpoint and its ``.json`` record are checked first (:func:`_read_history`), and its model and
+    [train] settings against ``key`` (the data checksum there is provenance of the machine that trained it)."""
     info = _read_history(best_path.with_suffix(".json"))
+    _check_key({"model": info.get("model"), "train": info.get("train")}, key, best_path, best_path)
     _load_weights(model, load_state(best_path), best_path)
     scored = [r for r in info["history"] if isinstance(r.get("valid_elbo"), int | float)]
     since_best = info["epochs"] - max(scored, key=lambda r: r["valid_elbo"])["epoch"] if scored else 0
@@ -211,6 +259,14 @@ def _warm_restart(model: torch.nn.Module, best_path: Path, seed: int, gen: torch
         "wall_time": float(info["wall_time_s"]),
         "done": info["finished"],
     }
+
+
+def _diverged(metadata: dict, epoch: int, what: str) -> FloatingPointError:
+    return FloatingPointError(
+        f"{metadata.get('name', 'model')}: the {what} became NaN or infinite in epoch {epoch + 1} (training "
+        "diverged); lower [train] lr or check the data, then delete the state file to start again (the best "
+        "checkpoint so far is kept)"
+    )
 
 
 def train(
@@ -244,10 +300,12 @@ def train(
     gen = torch.Generator().manual_seed(cfg.seed)
     torch.manual_seed(cfg.seed)
     st = {"epoch": 0, "best": -math.inf, "since_best": 0, "history": [], "wall_time": 0.0, "done": False}
+    key = training_key(cfg, metadata)
     if state_path.is_file():
-        st = _restore_state(model, opt, gen, state_path)
+        st = _restore_state(model, opt, gen, state_path, key, best_path)
     elif best_path.is_file() and best_path.with_suffix(".json").is_file():
-        st = _warm_restart(model, best_path, cfg.seed, gen)
+        st = _warm_restart(model, best_path, cfg.seed, gen, key)
+    st["done"] = st["since_best"] >= cfg.patience or st["epoch"] >= cfg.max_epochs  # the stopping rule may change
     limit = cfg.max_epochs if max_epochs is None else min(cfg.max_epochs, st["epoch"] + max_epochs)
     valid = data.valid.to(device)
     bar = tqdm(
@@ -270,17 +328,21 @@ def train(
         total = 0.0
         for i in range(0, len(order), cfg.batch_size):
             x = x_all[order[i : i + cfg.batch_size]].to(device)
-            loss = -objective(model, x, cfg.k, beta, cfg.objective).mean()
+            try:
+                loss = -objective(model, x, cfg.k, beta, cfg.objective).mean()
+            except ValueError as err:  # torch.distributions refusing the NaN parameters a diverged model gives
+                if not opt.state:  # before any step: not a divergence
+                    raise
+                raise _diverged(metadata, epoch, "weights") from err
+            if not loss.isfinite():
+                raise _diverged(metadata, epoch, "training objective")
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
             total -= float(loss.detach()) * len(x)
         val = validation_elbo(model, valid)
         if not math.isfinite(val):
-            raise FloatingPointError(
-                f"{metadata.get('name')}: validation ELBO is {val} at epoch {epoch + 1}; "
-                "lower the learning rate or check the data"
-            )
+            raise _diverged(metadata, epoch, "validation ELBO")
         st["epoch"] = epoch + 1
         st["wall_time"] += time.perf_counter() - start
         st["history"].append(
@@ -299,16 +361,15 @@ def train(
         elif epoch + 1 > cfg.warmup_epochs:
             st["since_best"] += 1
         st["done"] = st["since_best"] >= cfg.patience or st["epoch"] >= cfg.max_epochs
-        atomic_save(
-            {
-                "model": model.state_dict(),
-                "optimizer": opt.state_dict(),
-                "data_rng": gen.get_state(),
-                "torch_rng": torch.get_rng_state(),
-                "progress": st,
-            },
-            state_path,
-        )
+        state = {
+            "model": model.state_dict(),
+            "optimizer": opt.state_dict(),
+            "data_rng": gen.get_state(),
+            "torch_rng": torch.get_rng_state(),
+            "progress": st,
+            "key": key,
+        }
+        atomic_save({**state, "digest": content_digest(state)}, state_path)
         atomic_write_json(
             {
                 **metadata,

@@ -7,10 +7,11 @@ import math
 import zlib
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 
 from vaebench.protocol.record import Record
-from vaebench.protocol.results import ResultsError, per_example_path
+from vaebench.protocol.results import ResultsError, per_example_matches, per_example_path, record_path
 from vaebench.protocol.settings import SURGERY_SAMPLES
 
 
@@ -71,6 +72,10 @@ def read_per_example(out: Path, name: str, record: Record | None = None, need_el
     if len(bad[0]):
         row, column = int(bad[0][0]), frame.columns[bad[1][0]]
         raise damaged(f"line {row + 2}, column {column}: {frame[column].iloc[row]!r} is not a number")
+    infinite = (~np.isfinite(numeric.to_numpy())).nonzero()
+    if len(infinite[0]):
+        row, column = int(infinite[0][0]), frame.columns[infinite[1][0]]
+        raise damaged(f"line {row + 2}, column {column}: {frame[column].iloc[row]!r} is not a finite number")
     if (numeric["test_index"] % 1 != 0).any() or (numeric["test_index"] < 0).any():
         raise damaged("test_index holds values that are not test-point indices (whole numbers >= 0)")
     numeric["test_index"] = numeric["test_index"].astype("int64")
@@ -83,6 +88,11 @@ def read_per_example(out: Path, name: str, record: Record | None = None, need_el
             raise damaged(f"it holds {bounds[0]}, but the record was made with K = {record.k}")
         if len(numeric) != record.n_test:
             raise damaged(f"{len(numeric)} test points, but the record says {record.n_test}")
+    if record_path(out, name).is_file() and not per_example_matches(out, name):
+        raise damaged(
+            f"it is not the file written with {record_path(out, name)}: another run replaced it, or a run was "
+            "stopped between writing the two"
+        )
     return numeric.set_index("test_index")
 
 

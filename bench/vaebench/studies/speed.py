@@ -292,8 +292,8 @@ def products_only(model: VAE, x: torch.Tensor, k: int, batch_size: int) -> torch
     """The matrix products of :func:`ours` and nothing else, at its shapes: per batch of ``batch_size`` images, its
     sub-batches and chunks (:func:`vaebench.core.estimators.chunk_plan`), every decoder ``nn.Linear`` and the output
     layer on a contiguous [chunk * sub-batch, in] operand (bias and nonlinearity left out), the mixture prior's
-    [chunk * sub-batch, 2d] x [2d, C] product, and the encoder once per image. Operands are filled once, outside
-    the loop. Returns the per-image sum of the last product's first column [N]."""
+    [chunk * sub-batch, 2d] x [2d, C] product, and the encoder once per image. Operands are filled once per batch,
+    outside its chunk loop. Returns the per-image sum of the last product's first column [N]."""
     c = model.config
     components = c.n_components if c.prior in ("mog", "vamp", "vamp-data") else 0
     layers = [m.weight.t() for m in model.decoder.modules() if isinstance(m, nn.Linear)]
