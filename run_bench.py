@@ -8,7 +8,10 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent / "bench"))
 
-from vaebench.cli import run  # noqa: E402
-
 if __name__ == "__main__":
+    try:
+        from vaebench.cli import run  # importing torch takes a few seconds: a Ctrl-C then is no traceback either
+    except KeyboardInterrupt:
+        print("interrupted before anything ran: nothing was changed", file=sys.stderr)
+        sys.exit(130)
     run()

@@ -177,6 +177,7 @@ def test_one_off_form_and_python_api_agree(outside, tmp_path):
         ("broken.py:build", r"could not be imported \(SyntaxError"),
         ("not_a_module_xyz:build", r"could not be imported \(ModuleNotFoundError"),
         ("my_vae.py", "write 'package.module:function'"),
+        ("sys:exit", r"factory 'sys:exit' failed .*\(SystemExit"),
     ],
 )
 def test_bad_factories_are_named(outside, factory, message):

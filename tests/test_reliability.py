@@ -495,8 +495,13 @@ def _baseline(tmp_path: Path) -> Path:
     [
         (lambda f: f.iloc[1:], 1, "log_likelihood"),  # a deleted row: the metric is not compared any more
         (lambda f: f.assign(model="gone"), 1, "not in the baseline"),  # all of a model's rows
-        (lambda f: f.assign(se=float("inf")), 2, "not a finite number"),
-        (lambda f: f.assign(value=float("nan")), 2, "not a finite number"),
+        (lambda f: f.assign(se=float("inf")), 2, "se = inf is not a finite standard error"),
+        (lambda f: f.assign(value=float("nan")), 2, "value = nan is not a finite number"),
+        (lambda f: f.assign(k=f.k.astype(float) + 0.5), 2, "k = 20.5 is not a whole number of samples"),
+        (lambda f: f.assign(n_test="all"), 2, "n_test = 'all' is not a whole number of test points"),
+        (lambda f: pd.concat([f, f.iloc[:1]]), 2, "has 2 rows, expected one"),
+        (lambda f: f.assign(model=[""] + list(f.model[1:])), 2, "line 2 has no model name"),
+        (lambda f: f.assign(value=f.value + 500, se=1e300), 2, "is 1e+300, but this protocol gives"),
         (lambda f: f.drop(columns=["se"]), 2, "lacks the columns se"),
         (lambda f: f.iloc[:0], 2, "has no rows"),
         (lambda f: f.assign(metric="elbo"), 2, "names metrics it cannot check (elbo"),
@@ -616,3 +621,118 @@ def test_a_record_of_other_settings_stored_meanwhile_is_not_replaced(tmp_path):
     with pytest.raises(ResultsError, match=r"made with k=5000 \(now 20\)"):
         save_record(tmp_path, TINY, quick, record, per_example, force=False)
     save_record(tmp_path, TINY, quick, record, per_example, force=True)
+
+
+# --- hostile inputs, round four ---------------------------------------------------------------------------
+
+
+def bare_entry(folder: Path, name: str = "bare", **model: str) -> Path:
+    """An outside registry ``folder`` with ``name``: digits-standard's entry whose checkpoint holds only the
+    weights (no recorded settings), with ``model`` lines added to its [model] table."""
+    entry = folder / name
+    entry.mkdir(parents=True)
+    text = (ROOT / "models" / "digits-standard" / "entry.toml").read_text().replace("digits-standard", name)
+    extra = "".join(f"\n{key} = {value}" for key, value in model.items())
+    (entry / "entry.toml").write_text(text.replace('net = "gated"', 'net = "gated"' + extra))
+    torch.save({"model": load_state(ENTRIES["digits-standard"].checkpoint)["model"]}, entry / "checkpoint.pt")
+    return folder
+
+
+def test_changed_model_settings_of_a_bare_checkpoint_are_not_reused(tmp_path):
+    out, quick = tmp_path / "out", ("--k", "20", "--n-test", "30")
+    reg = bare_entry(tmp_path / "a")
+    assert run_bench("--registry", str(reg), "eval", "bare", *quick, "--out", str(out)).returncode == 0
+    changed = bare_entry(tmp_path / "b", logvar_limits="[-0.5, 0.5]")
+    again = run_bench("--registry", str(changed), "eval", "bare", *quick, "--out", str(out))
+    assert again.returncode == 0 and "reusing" not in again.stdout, again.stdout + again.stderr
+    fresh = run_bench("--registry", str(changed), "eval", "bare", *quick, "--out", str(tmp_path / "fresh"))
+    assert (
+        json.loads((out / "records" / "bare.json").read_text())["record"]["log_likelihood"]
+        == json.loads((tmp_path / "fresh" / "records" / "bare.json").read_text())["record"]["log_likelihood"]
+    ), fresh.stderr
+
+
+def test_an_x_dim_that_does_not_fit_the_data_is_named(tmp_path):
+    reg = bare_entry(tmp_path / "reg")
+    path = reg / "bare" / "entry.toml"
+    path.write_text(path.read_text().replace("x_dim = 64", "x_dim = 784"))
+    for command in (["train", "bare", "--max-epochs", "1"], ["eval", "bare", "--k", "5", "--out", str(tmp_path)]):
+        result = run_bench("--registry", str(reg), *command)
+        assert result.returncode == 2 and "Traceback" not in result.stderr, result.stderr
+        assert "x_dim = 784, but digits images have 64 pixels; set x_dim = 64" in result.stderr
+
+
+def test_training_into_another_models_checkpoint_is_refused(tmp_path):
+    reg = tmp_path / "reg"
+    (reg / "thief").mkdir(parents=True)
+    text = (ROOT / "models" / "digits-standard" / "entry.toml").read_text().replace("digits-standard", "thief")
+    source = ENTRIES["digits-standard"].checkpoint
+    (reg / "thief" / "entry.toml").write_text(text.replace('section = "tiny"', f'checkpoint = "{source}"'))
+    before = source.read_bytes()
+    result = run_bench("--registry", str(reg), "train", "thief", "--max-epochs", "1")
+    assert result.returncode == 2 and "Traceback" not in result.stderr, result.stderr
+    assert "holds model 'digits-standard', not 'thief'" in result.stderr
+    assert source.read_bytes() == before
+
+
+def test_a_record_edited_by_hand_is_named_and_an_invalid_one_never_written(tmp_path):
+    out = tmp_path / "out"
+    assert run_bench("eval", TINY, "--k", "20", "--n-test", "30", "--out", str(out)).returncode == 0
+    path = out / "records" / f"{TINY}.json"
+    stored = json.loads(path.read_text())
+    stored["record"]["L_1"] = -1e308  # well formed, plausible to a parser, not what was computed
+    path.write_text(json.dumps(stored))
+    for command in (["report"], ["eval", TINY, "--k", "20", "--n-test", "30"]):
+        result = run_bench(*command, "--out", str(out))
+        assert result.returncode == 2 and "edited or damaged after it was written" in result.stderr, result.stderr
+    from vaebench.protocol.results import ResultsError, save_record
+
+    model, data = registry.load(ENTRIES[TINY]), load_dataset("digits")
+    record, per_example = evaluate(model, data, Settings(k=20, n_test=30))
+    with pytest.raises(ResultsError, match="cannot be a record .*an L_k field is NaN or infinite.*nothing was written"):
+        save_record(tmp_path / "new", TINY, {}, replace(record, bounds={**record.bounds, 1: float("nan")}), per_example)
+    assert not (tmp_path / "new" / "records").exists() or not list((tmp_path / "new" / "records").iterdir())
+
+
+def test_write_failures_name_the_file_and_a_fix_that_fits_the_command(tmp_path, monkeypatch, capsys):
+    """torch reports a full disk as a RuntimeError; train has no --out, check writes its --baseline."""
+    from vaebench import cli
+
+    def full_disk(*args, **kwargs):
+        raise RuntimeError("[enforce fail at inline_container.cc:672] . unexpected pos 64 vs 0")
+
+    reg = bare_entry(tmp_path / "reg")
+    monkeypatch.setattr(torch, "save", full_disk)
+    assert cli.main(["--registry", str(reg), "train", "bare", "--max-epochs", "1"]) == 2
+    line = capsys.readouterr().err.strip()
+    assert line.count("\n") == 0 and "could not write the file" in line and str(reg / "bare") in line
+    assert line.endswith("free space, or make the model's folder writable")
+    (tmp_path / "out" / "records").mkdir(parents=True)
+    (tmp_path / "out" / "per_example").write_text("a file where a folder belongs")
+    assert cli.main(["eval", TINY, "--k", "5", "--out", str(tmp_path / "out")]) == 2
+    assert "per_example is a file, not a folder" in capsys.readouterr().err
+
+
+def test_long_names_count_bytes_and_warnings_are_one_line(tmp_path):
+    name = "模" * 40  # 40 characters, 120 bytes: the file names beside it would pass 255 bytes
+    checkpoint = str(ENTRIES[TINY].checkpoint)
+    result = run_bench("eval", "--model", "m.py:f", "--checkpoint", checkpoint, "--dataset", "digits", "--name", name)
+    assert result.returncode == 2 and "at most 100 bytes" in result.stderr
+    out = tmp_path / "out"
+    (out / ".cache").mkdir(parents=True)
+    (out / ".cache").chmod(0o555)  # progress cannot be stored: a warning, and the run goes on
+    if os.access(out / ".cache", os.W_OK):
+        (out / ".cache").rmdir()
+        (out / ".cache").write_text("a file where the progress folder belongs")
+    result = run_bench("eval", TINY, "--k", "20", "--n-test", "30", "--out", str(out))
+    assert result.returncode == 0, result.stderr
+    warned = [line for line in result.stderr.splitlines() if "progress file" in line]
+    assert warned and all(line.startswith("warning: ") for line in warned), result.stderr
+    assert len(result.stderr.strip().splitlines()) == len(warned)
+
+
+def test_comparison_files_of_different_model_lists_never_share_a_name():
+    from vaebench.report.compare import comparison_stem
+
+    assert comparison_stem(["a_vs_b", "c"]) != comparison_stem(["a", "b_vs_c"])
+    assert comparison_stem(["a", "b"]) == "a_vs_b"

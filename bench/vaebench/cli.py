@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+import warnings
 from dataclasses import asdict
 from pathlib import Path
 from typing import NoReturn
@@ -65,7 +66,7 @@ def _one_off(args: argparse.Namespace) -> Entry | None:
     name = given["name"] or (checkpoint.parent.name if checkpoint.stem == "checkpoint" else checkpoint.stem)
     if not registry.valid_name(name):
         raise SettingsError(
-            f"--name {name!r}: use a printable name of at most 100 characters, without spaces or slashes"
+            f"--name {name!r}: use a printable name of at most 100 bytes (UTF-8), without spaces or slashes"
         )
     if name in _registry(args):
         raise SettingsError(f"--name {name}: a registry entry has that name; choose another for the one-off model")
@@ -131,6 +132,7 @@ def cmd_train(args: argparse.Namespace) -> int:
         )
     device = resolve_device(args.device)
     data = entry.load_data(args.data_dir)
+    registry.check_fits(entry, data)
     meta = {
         "name": entry.name,
         "dataset": entry.dataset,
@@ -392,6 +394,7 @@ def main(argv: list[str]) -> int:
     """Run the command line; the exit status (2 for bad input, with one line that names the fix)."""
     args = parser().parse_args(argv)
     keep_freed_memory()
+    warnings.formatwarning = _one_line_warning
     try:
         return args.func(args)
     except KeyboardInterrupt:
@@ -406,12 +409,19 @@ def main(argv: list[str]) -> int:
         return 2
     except OSError as err:  # a full disk, an unwritable folder: what was stored before is intact
         where = f" ({err.filename})" if err.filename else ""
-        print(
-            f"error: {err.strerror or err}{where}; earlier results are intact: free space or choose another "
-            "folder with --out",
-            file=sys.stderr,
-        )
+        fix = {
+            "train": "free space, or make the model's folder writable",
+            "check": "free space, or choose another file with --baseline",
+        }.get(args.command, "free space or choose another folder with --out")
+        print(f"error: {err.strerror or err}{where}; earlier results are intact: {fix}", file=sys.stderr)
         return 2
+
+
+def _one_line_warning(
+    message: Warning | str, category: type[Warning], filename: str, lineno: int, line: str | None = None
+) -> str:
+    """Warnings said in one line, as errors are (not the source line Python shows by default)."""
+    return f"warning: {str(message).splitlines()[0] if str(message) else category.__name__}\n"
 
 
 def run() -> None:

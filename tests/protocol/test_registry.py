@@ -1,6 +1,7 @@
 """The registry: entry files build models with the interface, committed checkpoints load, bad entries are named."""
 
 import json
+import os
 import shutil
 import subprocess
 from dataclasses import replace
@@ -179,7 +180,22 @@ def test_code_version_ignores_what_training_and_evaluation_write(tmp_path, monke
             r"\[train\] must be a table",
         ),
         (lambda t: t.replace('net = "gated"', 'net = "transformer"'), r"line 12: \[model\] net = 'transformer'; use"),
-        (lambda t: t.replace("z_dim = 4", "z_dim = 0"), r"\[model\] z_dim = 0: must be at least 1"),
+        (lambda t: t.replace("z_dim = 4", "z_dim = 0"), r"\[model\] z_dim = 0: use 1..100,000"),
+        (lambda t: t.replace("hidden = ", "hidden = 1000000000000 #"), r"\[model\] hidden = 1000000000000: use 1.."),
+        (
+            lambda t: t.replace('net = "gated"', 'net = "gated"\nlogvar_limits = [nan, "a"]'),
+            r"\[model\] logvar_limits = \[nan, 'a'\] should be of type tuple",
+        ),
+        (
+            lambda t: t.replace('net = "gated"', 'net = "gated"\nlogvar_limits = [nan, nan]'),
+            r"logvar_limits = \[nan, nan\]: use two finite numbers, low < high",
+        ),
+        (lambda t: t.replace('section = "tiny"', "n_valid = " + "[" * 3000 + "]" * 3000), "nested too deeply"),
+        (
+            lambda t: t + "\n[[published]]\npaper = 'p'\ntable = 't'\nvalue = nan\n",
+            r"value = nan: a published number is finite",
+        ),
+        (lambda t: t.replace('section = "tiny"', "n_valid = 100"), r"digits has a fixed validation split"),
         (lambda t: t.replace('name = "bad"', 'name = "a\\tb"'), r"name = 'a\\tb'"),
     ],
 )
@@ -197,8 +213,8 @@ def test_two_entries_with_one_name_name_both_files(tmp_path):
     copy_entry("digits-vampprior", tmp_path / "b", "same")
     with pytest.raises(RegistryError, match=r"two entries are named 'same': .*a/same/entry.toml and .*b/same/entry"):
         registry.load_registry([tmp_path / "a", tmp_path / "b"])
-    with pytest.raises(RegistryError, match="two entries are named 'digits-standard'"):
-        registry.load_registry([registry.builtin_registry(), registry.builtin_registry() / "digits-standard"])
+    once = registry.load_registry([registry.builtin_registry(), registry.builtin_registry() / "digits-standard"])
+    assert once["digits-standard"].source == ENTRIES["digits-standard"].source  # the same file reached twice
 
 
 def test_registry_from_the_environment_and_a_missing_folder(tmp_path, monkeypatch):
@@ -207,6 +223,14 @@ def test_registry_from_the_environment_and_a_missing_folder(tmp_path, monkeypatc
     assert "from-env" in registry.load_registry() and "digits-standard" in registry.load_registry()
     with pytest.raises(RegistryError, match="registry folder .*nowhere does not exist"):
         registry.load_registry([tmp_path / "nowhere"])
+    (tmp_path / "a-file").write_text("")
+    with pytest.raises(RegistryError, match="registry folder .*a-file is a file, not a folder"):
+        registry.load_registry([tmp_path / "a-file"])
+    fifo = tmp_path / "fifo-registry" / "fifo"
+    fifo.mkdir(parents=True)
+    os.mkfifo(fifo / "entry.toml")  # reading it would wait forever
+    with pytest.raises(RegistryError, match="entry.toml: not a regular file"):
+        registry.load_registry([tmp_path / "fifo-registry"])
 
 
 def test_unknown_model_suggests_close_names_and_the_outside_forms():

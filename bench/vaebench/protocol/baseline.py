@@ -18,6 +18,7 @@ from vaebench.protocol.files import atomic_write_text
 from vaebench.protocol.record import Record
 
 Z_CHECK = 4.0
+SE_RATIO = 10.0  # a baseline standard error this far from the current one (same checkpoint, settings) is damage
 COLUMNS = ("model", "metric", "value", "se", "k", "n_test", "checkpoint_sha256")
 CHECKED = {
     "log_likelihood": "log_likelihood_mc_se",
@@ -105,14 +106,26 @@ def read_baseline(path: Path) -> pd.DataFrame:
         raise BaselineError(
             f"{path} names metrics it cannot check ({', '.join(map(str, unknown))}; known: {', '.join(CHECKED)}); {fix}"
         )
-    numbers = frame[["value", "se", "k", "n_test"]].apply(pd.to_numeric, errors="coerce")
-    bad = frame[~numbers.map(math.isfinite).all(axis=1) | (numbers["se"] < 0)]
-    if len(bad):
-        row = bad.iloc[0]
+    names = frame["model"].astype("string").str.strip()
+    if names.isna().any() or (names == "").any():
         raise BaselineError(
-            f"{path}: {row.model} {row.metric} has a value or standard error that is not a finite "
-            f"number ({row.value}, {row.se}); {fix}"
+            f"{path}: line {int((names.isna() | (names == '')).to_numpy().argmax()) + 2} has no model name; {fix}"
         )
+    numbers = frame[["value", "se", "k", "n_test"]].apply(pd.to_numeric, errors="coerce")
+    for column, ok, what in (
+        ("value", numbers["value"].map(math.isfinite), "a finite number"),
+        ("se", numbers["se"].map(math.isfinite) & (numbers["se"] >= 0), "a finite standard error (>= 0)"),
+        ("k", (numbers["k"] % 1 == 0) & (numbers["k"] >= 1), "a whole number of samples"),
+        ("n_test", (numbers["n_test"] % 1 == 0) & (numbers["n_test"] >= 1), "a whole number of test points"),
+    ):
+        if not ok.all():
+            row = frame[~ok.to_numpy()].iloc[0]
+            shown = repr(row[column]) if isinstance(row[column], str) else str(row[column])
+            raise BaselineError(f"{path}: {row.model} {row.metric}: {column} = {shown} is not {what}; {fix}")
+    twice = frame[frame.duplicated(["model", "metric"], keep=False)]
+    if len(twice):
+        row = twice.iloc[0]
+        raise BaselineError(f"{path}: {row.model} {row.metric} has {len(twice)} rows, expected one; {fix}")
     frame[["value", "se"]] = numbers[["value", "se"]]
     frame[["k", "n_test"]] = numbers[["k", "n_test"]].astype(int)
     return frame
@@ -151,8 +164,15 @@ def compare(records: list[Record], baseline: pd.DataFrame, names: list[str] | No
             )
             continue
         record, flat = now[b.model]
-        tolerance = Z_CHECK * math.hypot(b.se, flat[CHECKED[b.metric]])
+        se_now = flat[CHECKED[b.metric]]
         same = b.checkpoint_sha256 == record.checkpoint_sha256
+        if same and 0 < se_now < math.inf and not se_now / SE_RATIO <= b.se <= se_now * SE_RATIO:
+            raise BaselineError(
+                f"the baseline's standard error of {b.model} {b.metric} is {b.se:.3g}, but this protocol gives "
+                f"{se_now:.3g} for the same checkpoint and settings: the baseline is damaged; restore it with git, "
+                "or make it again with `vaebench check --update`"
+            )
+        tolerance = Z_CHECK * math.hypot(b.se, se_now)
         diff = flat[b.metric] - b.value
         note = "" if same else "checkpoint changed: run `check --update` and commit"
         rows.append(

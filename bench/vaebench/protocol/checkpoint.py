@@ -7,8 +7,10 @@ structure; :func:`check_weights` checks the tensors against a model (names, shap
 
 from __future__ import annotations
 
+import errno
 import json
 import pickle
+import warnings
 import zipfile
 from pathlib import Path
 from typing import Any
@@ -28,9 +30,13 @@ class CheckpointError(RuntimeError):
 
 
 def atomic_save(obj: dict, path: Path) -> None:
-    """``torch.save`` atomically (temporary file, then rename)."""
-    with atomic_path(path) as tmp:
-        torch.save(obj, tmp)
+    """``torch.save`` atomically (temporary file, then rename); a failed write (torch reports a full disk as a
+    RuntimeError) is an ``OSError`` naming ``path``, and the previous file is intact."""
+    try:
+        with atomic_path(path) as tmp:
+            torch.save(obj, tmp)
+    except RuntimeError as err:
+        raise OSError(errno.EIO, f"could not write the file ({str(err).splitlines()[0][:120]})", str(path)) from None
 
 
 def atomic_write_json(obj: dict, path: Path) -> None:
@@ -49,7 +55,9 @@ def load_state(path: Path) -> dict:
             "and retrain, or restore it with `git checkout -- <path>`"
         )
     try:
-        saved = torch.load(path, map_location="cpu", weights_only=True)
+        with warnings.catch_warnings():  # torch's own notes (e.g. on sparse tensors): the checks below speak
+            warnings.simplefilter("ignore")
+            saved = torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as err:
         if "global" not in str(err).lower():  # the unpickler met no class or function: a damaged pickle
             raise CheckpointError(

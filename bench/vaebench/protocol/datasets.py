@@ -307,10 +307,11 @@ def _write_cache(cached: Path, x: torch.Tensor, consequence: str) -> None:
     try:
         with atomic_path(cached) as tmp:
             torch.save({"data": x, "digest": content_digest(x)}, tmp)
-    except OSError as err:
+    except (OSError, RuntimeError) as err:  # torch reports a full disk as a RuntimeError
         warnings.warn(
             f"cache folder {cached.parent} cannot be written ({type(err).__name__}: "
-            f"{err.strerror or err}); {consequence}: set VAEBENCH_CACHE to a writable folder",
+            f"{getattr(err, 'strerror', None) or str(err).splitlines()[0]}); {consequence}: set VAEBENCH_CACHE to "
+            "a writable folder with free space",
             stacklevel=3,
         )
 

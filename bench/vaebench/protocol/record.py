@@ -134,10 +134,15 @@ class Record:
             if key.startswith("L_") and key.endswith(suffix) and key[2 : -len(suffix)].isdigit()
         }
         for name in ("log_likelihood", "elbo"):
-            if math.isnan(values[name]):
-                raise RecordError(f"field {name!r} is NaN")
-        if any(math.isnan(v) for v in values["bounds"].values()):
-            raise RecordError("an L_k field is NaN")
+            if not math.isfinite(values[name]):
+                raise RecordError(f"field {name!r} is {values[name]}, not a finite number")
+        if not all(math.isfinite(v) for v in values["bounds"].values()):
+            raise RecordError("an L_k field is NaN or infinite")
+        errors = [
+            k for k, v in flat.items() if k.endswith("_se") and isinstance(v, int | float) and not 0 <= v < math.inf
+        ]
+        if values["n_test"] > 1 and errors:
+            raise RecordError(f"field {errors[0]!r} = {flat[errors[0]]} is not a standard error (finite, >= 0)")
         if values["k"] not in values["bounds"]:
             raise RecordError(f"no L_{values['k']} for k = {values['k']}")
         values["surgery"] = None

@@ -21,6 +21,8 @@ import difflib
 import hashlib
 import importlib
 import importlib.util
+import json
+import math
 import os
 import sys
 import tomllib
@@ -141,7 +143,11 @@ def _typed(path: Path, table: dict[str, Any], cls: type, what: str, required: tu
         default = known[key].default if known[key].default is not MISSING else EXAMPLES[cls.__name__, key]
         ok = isinstance(value, type(default)) or (isinstance(default, float) and isinstance(value, int))
         if isinstance(default, tuple):
-            ok = isinstance(value, list) and len(value) == len(default)
+            ok = (
+                isinstance(value, list)
+                and len(value) == len(default)
+                and all(isinstance(v, int | float) and not isinstance(v, bool) for v in value)
+            )
             value = tuple(float(v) for v in value) if ok else value
         if not ok or isinstance(value, bool) != isinstance(default, bool):
             raise _fail(path, f"[{what}] {key} = {value!r} should be of type {type(default).__name__}", key)
@@ -153,10 +159,11 @@ def _typed(path: Path, table: dict[str, Any], cls: type, what: str, required: tu
 
 
 def valid_name(name: object) -> bool:
-    """A model name usable as a file name everywhere: printable, no spaces or slashes, not hidden, not too long."""
+    """A model name usable as a file name everywhere: printable, no spaces or slashes, not hidden, at most 100
+    bytes in UTF-8."""
     return (
         isinstance(name, str)
-        and 0 < len(name) <= 100
+        and 0 < len(name.encode("utf-8", "surrogatepass")) <= 100  # bytes: file names beside it stay under 255
         and name.isprintable()
         and not name.startswith(".")
         and not any(c in name for c in "/\\ ")
@@ -173,23 +180,37 @@ MODEL_CHOICES = {
 }
 
 
+FIXED_VALIDATION = ("binarized-mnist", "digits")  # datasets whose validation split is not a choice
+
+MODEL_SIZE_LIMITS = {"depth": 64, "x_dim": 1_000_000}  # others: 100,000 (a weight matrix of 10^10 is no model here)
+
+
 def _checked_model(path: Path, config: ModelConfig) -> ModelConfig:
     """``config`` if its choices are known and its sizes positive; a :class:`RegistryError` naming the key."""
     for key, choices in MODEL_CHOICES.items():
         if getattr(config, key) not in choices:
             raise _fail(path, f"[model] {key} = {getattr(config, key)!r}; use one of {choices}", key)
     for key in ("x_dim", "z_dim", "hidden", "depth", "n_components", "z2_dim", "hidden2"):
-        if getattr(config, key) < 1:
-            raise _fail(path, f"[model] {key} = {getattr(config, key)}: must be at least 1", key)
+        if not 1 <= getattr(config, key) <= MODEL_SIZE_LIMITS.get(key, 100_000):
+            raise _fail(
+                path, f"[model] {key} = {getattr(config, key)}: use 1..{MODEL_SIZE_LIMITS.get(key, 100_000):,}", key
+            )
+    low, high = config.logvar_limits
+    if not (math.isfinite(low) and math.isfinite(high) and low < high):
+        raise _fail(path, f"[model] logvar_limits = {list(config.logvar_limits)}: use two finite numbers, low < high")
     return config
 
 
 def read_entry(path: Path) -> Entry:
     """Parse and check one entry file; a :class:`RegistryError` naming the file and line otherwise."""
+    if not path.is_file():
+        raise RegistryError(f"{path}: not a regular file; an entry is a TOML text file named entry.toml")
     try:
         spec = tomllib.loads(path.read_text())
     except tomllib.TOMLDecodeError as err:
         raise RegistryError(f"{path}: not valid TOML ({err})") from None
+    except RecursionError:
+        raise RegistryError(f"{path}: not an entry (nested too deeply to read)") from None
     except (OSError, UnicodeDecodeError) as err:
         raise RegistryError(f"{path}: cannot be read ({err})") from None
     allowed = {"name", "dataset", "n_valid", "section", "checkpoint", "model", "train", "published"}
@@ -201,12 +222,16 @@ def read_entry(path: Path) -> Entry:
             raise _fail(path, f"missing {key!r}")
     name, dataset = spec["name"], spec["dataset"]
     if not valid_name(name):
-        raise _fail(path, f"name = {name!r}: use a non-empty name without spaces or slashes", "name")
+        raise _fail(
+            path, f"name = {name!r}: use a printable name of at most 100 bytes, without spaces or slashes", "name"
+        )
     if dataset not in DATASETS:
         raise _fail(path, f"unknown dataset {dataset!r}; known: {', '.join(DATASETS)}", "dataset")
     n_valid = spec.get("n_valid")
     if n_valid is not None and (not isinstance(n_valid, int) or isinstance(n_valid, bool) or n_valid < 1):
         raise _fail(path, f"n_valid = {n_valid!r}: a positive whole number", "n_valid")
+    if n_valid is not None and dataset in FIXED_VALIDATION:
+        raise _fail(path, f"n_valid = {n_valid}: {dataset} has a fixed validation split; remove n_valid", "n_valid")
     section = spec.get("section", "")
     if section not in SECTIONS:
         raise _fail(path, f"section = {section!r}; use one of {', '.join(repr(s) for s in SECTIONS)}", "section")
@@ -223,6 +248,8 @@ def read_entry(path: Path) -> Entry:
             published.append(_typed(path, item, Published, "[published]", required=("paper", "table", "value")))
         except TypeError as err:
             raise _fail(path, f"[[published]] {err}; it takes paper, table, value, metric, note") from None
+        if not math.isfinite(published[-1].value):
+            raise _fail(path, f"[[published]] value = {published[-1].value}: a published number is finite", "value")
     if "train" in spec and not isinstance(spec["train"], dict):
         raise _fail(path, "[train] must be a table of training settings", "train")
     train = _typed(path, spec["train"], TrainConfig, "train") if "train" in spec else None
@@ -267,12 +294,18 @@ def load_registry(dirs: Iterable[str | os.PathLike] | None = None) -> dict[str, 
     folders = dict.fromkeys(Path(d).resolve() for d in (registry_dirs() if dirs is None else dirs))  # each once
     for folder in folders:
         if not folder.is_dir():
-            raise RegistryError(f"registry folder {folder} does not exist (from --registry or VAEBENCH_REGISTRY)")
+            what = "is a file, not a folder" if folder.exists() else "does not exist"
+            raise RegistryError(
+                f"registry folder {folder} {what} (from --registry or VAEBENCH_REGISTRY): give a folder holding "
+                "one folder per model, each with an entry.toml"
+            )
         files = [folder / ENTRY_FILE] if (folder / ENTRY_FILE).is_file() else sorted(folder.glob(f"*/{ENTRY_FILE}"))
         for path in files:
             if path.parent.name.startswith("."):
                 continue
             entry = read_entry(path)
+            if entry.name in entries and entries[entry.name].source.resolve() == path.resolve():
+                continue  # the same file reached twice (a built-in model's folder given as a registry)
             if entry.name in entries:
                 raise RegistryError(
                     f"two entries are named {entry.name!r}: {entries[entry.name].source} and {path}; rename one"
@@ -320,7 +353,7 @@ def resolve_factory(spec: str, base: Path) -> tuple[Callable[..., Any], Path | N
             file = Path(module.__file__) if getattr(module, "__file__", None) else None
     except RegistryError:
         raise
-    except Exception as err:  # the user's module failed to import: say which and why
+    except (Exception, SystemExit) as err:  # the user's module failed to import (or exited): say which and why
         raise RegistryError(f"factory {spec!r} could not be imported ({type(err).__name__}: {err})") from None
     fn = getattr(module, function, None)
     if not callable(fn):
@@ -334,15 +367,31 @@ def file_hash(path: Path) -> str:
 
 
 def model_key(entry: Entry) -> dict[str, str]:
-    """What besides the checkpoint determines a factory model's numbers: the hash of the factory's source
-    file and its settings. Empty for built-in families (their code is versioned with the protocol)."""
+    """What besides the checkpoint determines a model's numbers: for a factory, the hash of its source file and
+    its settings; for a built-in family (its code is versioned with the protocol), nothing when the checkpoint
+    records the [model] settings (hashed with it, and :func:`load` refuses a mismatch), else their hash."""
     if entry.factory is None:
-        return {}
+        if entry.model is None or not entry.checkpoint.is_file():
+            return {}
+        _, meta = weights_and_meta(load_state(entry.checkpoint))
+        if isinstance(meta.get("model"), dict):
+            return {}
+        settings = json.dumps(asdict(entry.model), sort_keys=True)
+        return {"model_settings_sha256": hashlib.sha256(settings.encode()).hexdigest()}
     _, file = resolve_factory(entry.factory, entry.source.parent)
     digest = hashlib.sha256(repr(sorted(entry.settings.items())).encode())
     if file is not None and file.is_file():
         digest.update(file.read_bytes())
     return {"factory_sha256": digest.hexdigest()}
+
+
+def check_fits(entry: Entry, data: Dataset) -> None:
+    """A :class:`RegistryError` when a built-in entry's ``x_dim`` is not the size of ``data``'s images."""
+    if entry.model is not None and entry.model.x_dim != data.dim:
+        raise RegistryError(
+            f"{entry.source}: [model] x_dim = {entry.model.x_dim}, but {entry.dataset} images have {data.dim} "
+            f"pixels; set x_dim = {data.dim}"
+        )
 
 
 def build(entry: Entry, data: Dataset | None = None) -> Any:
@@ -352,7 +401,7 @@ def build(entry: Entry, data: Dataset | None = None) -> Any:
     fn, _ = resolve_factory(entry.factory, entry.source.parent)
     try:
         model = fn(**entry.settings)
-    except Exception as err:
+    except (Exception, SystemExit) as err:  # the user's code raised, or called sys.exit
         raise RegistryError(
             f"{entry.source}: factory {entry.factory!r} failed with settings {entry.settings} "
             f"({type(err).__name__}: {err})"
@@ -402,7 +451,12 @@ def load(entry: Entry) -> Any:
             )
         return model.eval()
     if callable(getattr(model, "load_state_dict", None)):
-        model.load_state_dict(weights)
+        try:
+            model.load_state_dict(weights)
+        except (Exception, SystemExit) as err:
+            raise CheckpointError(
+                f"{entry.name}: its load_state_dict refused {entry.checkpoint} ({type(err).__name__}: {err}); {fix}"
+            ) from None
     return model
 
 

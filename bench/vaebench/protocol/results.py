@@ -32,16 +32,20 @@ class ResultsError(RuntimeError):
 
 
 def check_writable(folder: Path) -> None:
-    """Raise :class:`ResultsError` naming ``folder`` unless files can be created in it."""
-    try:
-        folder.mkdir(parents=True, exist_ok=True)
-        probe = folder / f".write-test-{os.getpid()}"
-        probe.write_text("")
-        probe.unlink()
-    except OSError as err:
-        raise ResultsError(
-            f"output folder {folder} cannot be written ({err.strerror}); choose another with --out"
-        ) from None
+    """Raise :class:`ResultsError` naming the folder unless files can be created in ``folder`` and in the
+    sub-folders results are written to (asked before any evaluation runs, not after)."""
+    for sub in (folder, folder / "records", folder / "per_example"):
+        if sub.exists() and not sub.is_dir():
+            raise ResultsError(f"{sub} is a file, not a folder: move it away, or choose another folder with --out")
+        try:
+            sub.mkdir(parents=True, exist_ok=True)
+            probe = sub / f".write-test-{os.getpid()}"
+            probe.write_text("")
+            probe.unlink()
+        except OSError as err:
+            raise ResultsError(
+                f"output folder {sub} cannot be written ({err.strerror}); choose another with --out"
+            ) from None
 
 
 def record_path(out: Path, name: str) -> Path:
@@ -59,9 +63,17 @@ def read_record(path: Path) -> tuple[dict, Record]:
         stored = json.loads(path.read_text(encoding="utf-8"))
         if not isinstance(stored, dict) or not isinstance(stored.get("key"), dict):
             raise RecordError("no 'key' object")
-        return stored["key"], Record.from_flat(stored.get("record"))
+        record = Record.from_flat(stored.get("record"))
+        if "record_sha256" in stored and stored["record_sha256"] != _record_digest(stored["key"], stored.get("record")):
+            raise RecordError("its numbers were edited or damaged after it was written (checksum)")
+        return stored["key"], record
     except (OSError, UnicodeDecodeError, json.JSONDecodeError, RecordError) as err:
         raise ResultsError(f"{path} is not a readable record ({type(err).__name__}: {err}); {fix}") from None
+
+
+def _record_digest(key: dict, flat: object) -> str:
+    """sha256 of a record file's key and numbers as JSON: a record edited by hand (or damaged) is told apart."""
+    return hashlib.sha256(json.dumps([key, flat], sort_keys=True).encode()).hexdigest()
 
 
 def load_record(out: Path, name: str, key: dict) -> Record | None:
@@ -130,7 +142,20 @@ def save_record(
         {k: v.double().numpy() if v.is_floating_point() else v.numpy() for k, v in per_example.items()}
     ).set_index("test_index")
     blob = _gzip_csv(frame)
-    stored = {"key": key, "record": record.to_flat(), "per_example_sha256": hashlib.sha256(blob).hexdigest()}
+    flat = record.to_flat()
+    try:
+        Record.from_flat(json.loads(json.dumps(flat)))
+    except RecordError as err:
+        raise ResultsError(
+            f"{name}'s evaluation gave numbers that cannot be a record ({err}); nothing was written: delete "
+            f"{out / '.cache'} (a damaged progress file?) and run again"
+        ) from None
+    stored = {
+        "key": key,
+        "record": flat,
+        "per_example_sha256": hashlib.sha256(blob).hexdigest(),
+        "record_sha256": _record_digest(key, flat),
+    }
     try:
         with locked(out):
             if not force:

@@ -7,6 +7,7 @@ plus the code, so a resumed run gives exactly the numbers of an uninterrupted on
 
 from __future__ import annotations
 
+import contextlib
 import os
 from dataclasses import replace
 from pathlib import Path
@@ -97,7 +98,7 @@ def _evaluate_model(
         )
     except (KeyboardInterrupt, DataError, FloatingPointError, SettingsError):
         raise
-    except Exception as err:
+    except (Exception, SystemExit) as err:  # a factory model's code may also call sys.exit
         if entry.factory is None:
             raise
         message = str(err).splitlines()[0][:300] if str(err) else ""
@@ -132,6 +133,7 @@ def evaluate_entries(
         if (entry.dataset, entry.n_valid) not in datasets:
             datasets[entry.dataset, entry.n_valid] = entry.load_data(data_dir)
         data = datasets[entry.dataset, entry.n_valid]
+        registry.check_fits(entry, data)
         if settings.n_test is not None and settings.n_test > len(data.test):
             raise SettingsError(
                 f"--n-test {settings.n_test}: {entry.name}'s test set ({entry.dataset}) has "
@@ -163,7 +165,8 @@ def evaluate_entries(
         if progress is not None:
             if world > 1:
                 torch.distributed.barrier()  # rank 0 has stored the record
-            rank_progress_path(progress).unlink(missing_ok=True)
+            with contextlib.suppress(OSError):  # a progress folder that could not be written holds nothing
+                rank_progress_path(progress).unlink(missing_ok=True)
         say(
             f"{entry.name}: log p(x) >= {record.log_likelihood:.3f} ± {record.log_likelihood_se:.3f} "
             f"(K={settings.k}, n={record.n_test}, {record.wall_time_s:.1f} s)"

@@ -130,9 +130,10 @@ STOPPING_RULE = ("max_epochs", "patience")  # may change between runs of one tra
 
 
 def training_key(cfg: TrainConfig, metadata: dict) -> dict:
-    """What determines a training run's weights: dataset, data checksum, model settings and every [train]
+    """What a training run is: the entry's name, dataset, data checksum, model settings and every [train]
     setting but the stopping rule. A stored state or checkpoint made with another key is not resumed."""
     return {
+        "name": metadata.get("name"),
         "dataset": metadata.get("dataset"),
         "data_sha256": metadata.get("data_sha256"),
         "model": metadata.get("model"),
@@ -145,7 +146,7 @@ def _check_key(stored: dict, key: dict, path: Path, best_path: Path) -> None:
     ``key``; settings one side does not have (older files, newer options) are not compared."""
     stored, key = json.loads(json.dumps(stored)), json.loads(json.dumps(key))  # tuples and lists alike
     changed = []
-    for part in ("dataset", "data_sha256", "model", "train"):
+    for part in ("name", "dataset", "data_sha256", "model", "train"):
         old, new = stored.get(part), key.get(part)
         if isinstance(old, dict) and isinstance(new, dict):
             changed += [
@@ -238,14 +239,23 @@ def _history_problem(info: object) -> str:
     return ""
 
 
-def _warm_restart(model: torch.nn.Module, best_path: Path, seed: int, gen: torch.Generator, key: dict) -> dict:
+def _warm_restart(
+    model: torch.nn.Module, best_path: Path, seed: int, gen: torch.Generator, key: dict, name: str | None = None
+) -> dict:
     """Continue from a committed best checkpoint when the per-epoch state file is gone (a fresh
     clone): the best weights, the epoch count and history; Adam's moments start again from zero.
     Both the checkpoint and its ``.json`` record are checked first (:func:`_read_history`), and its model and
     [train] settings against ``key`` (the data checksum there is provenance of the machine that trained it)."""
     info = _read_history(best_path.with_suffix(".json"))
     _check_key({"model": info.get("model"), "train": info.get("train")}, key, best_path, best_path)
-    _load_weights(model, load_state(best_path), best_path)
+    saved = load_state(best_path)
+    owner = saved.get("meta", {}).get("name") if isinstance(saved.get("meta"), dict) else None
+    if owner is not None and name is not None and owner != name:
+        raise CheckpointError(
+            f"{best_path} holds model {owner!r}, not {name!r}: give {name!r} a checkpoint path of its own "
+            "(training would write over the other model's weights)"
+        )
+    _load_weights(model, saved, best_path)
     scored = [r for r in info["history"] if isinstance(r.get("valid_elbo"), int | float)]
     since_best = info["epochs"] - max(scored, key=lambda r: r["valid_elbo"])["epoch"] if scored else 0
     gen.manual_seed(seed + info["epochs"])
@@ -304,7 +314,7 @@ def train(
     if state_path.is_file():
         st = _restore_state(model, opt, gen, state_path, key, best_path)
     elif best_path.is_file() and best_path.with_suffix(".json").is_file():
-        st = _warm_restart(model, best_path, cfg.seed, gen, key)
+        st = _warm_restart(model, best_path, cfg.seed, gen, key, metadata.get("name"))
     st["done"] = st["since_best"] >= cfg.patience or st["epoch"] >= cfg.max_epochs  # the stopping rule may change
     limit = cfg.max_epochs if max_epochs is None else min(cfg.max_epochs, st["epoch"] + max_epochs)
     valid = data.valid.to(device)

@@ -121,11 +121,13 @@ def compare_models(out: Path, models: list[str]) -> pd.DataFrame:
 
 
 def comparison_stem(models: list[str]) -> str:
-    """The file name (no suffix) of a comparison: ``A_vs_B_vs_C``; long lists end in a short hash."""
+    """The file name (no suffix) of a comparison: ``A_vs_B_vs_C``; long lists, and names that themselves hold
+    ``_vs_`` (``a_vs_b`` and ``c`` would meet ``a`` and ``b_vs_c``), end in a short hash of the list."""
     stem = "_vs_".join(models)
+    digest = hashlib.sha256("\0".join(models).encode()).hexdigest()[:8]
     if len(stem) > 150:
-        stem = f"{stem[:120]}_and_{len(models)}_models_{hashlib.sha256(stem.encode()).hexdigest()[:8]}"
-    return stem
+        return f"{stem[:120]}_and_{len(models)}_models_{digest}"
+    return f"{stem}_{digest}" if any("_vs_" in m for m in models) else stem
 
 
 def write_comparison(out: Path, table: pd.DataFrame) -> list[Path]:
