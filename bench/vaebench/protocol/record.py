@@ -138,11 +138,11 @@ class Record:
                 raise RecordError(f"field {name!r} is {values[name]}, not a finite number")
         if not all(math.isfinite(v) for v in values["bounds"].values()):
             raise RecordError("an L_k field is NaN or infinite")
-        errors = [
-            k for k, v in flat.items() if k.endswith("_se") and isinstance(v, int | float) and not 0 <= v < math.inf
+        errors = [  # NaN is allowed: an error that is undefined (one test point, too few draws to jackknife)
+            k for k, v in flat.items() if k.endswith("_se") and isinstance(v, int | float) and (v < 0 or v == math.inf)
         ]
-        if values["n_test"] > 1 and errors:
-            raise RecordError(f"field {errors[0]!r} = {flat[errors[0]]} is not a standard error (finite, >= 0)")
+        if errors:
+            raise RecordError(f"field {errors[0]!r} = {flat[errors[0]]} is not a standard error (>= 0, finite)")
         if values["k"] not in values["bounds"]:
             raise RecordError(f"no L_{values['k']} for k = {values['k']}")
         values["surgery"] = None
