@@ -51,9 +51,9 @@ class Raising(TinyVAE):
         raise ValueError("my posterior is broken")
 
 
-class NanElbo(TinyVAE):
+class NanWeight(TinyVAE):
     def likelihood(self, z):
-        if z.dim() == 3 and z.shape[0] == 1:  # the ELBO's single draw, not the importance samples
+        if z.dim() == 3:  # the importance samples [K, B, d]
             return Independent(Bernoulli(logits=self.dec(z) * float("nan"), validate_args=False), 1)
         return super().likelihood(z)
 
@@ -62,8 +62,8 @@ def raising():
     return Raising()
 
 
-def nan_elbo():
-    return NanElbo()
+def nan_weight():
+    return NanWeight()
 '''
 
 
@@ -117,7 +117,7 @@ def test_entry_form_goes_through_eval_report_and_check(outside, tmp_path):
     assert run_bench(*quick, "--update").returncode == 0
     assert set(pd.read_csv(baseline).model) == {"mine"}
     checked = run_bench(*quick)
-    assert checked.returncode == 0 and "4 of 4 metrics within tolerance" in checked.stdout
+    assert checked.returncode == 0 and "5 of 5 metrics within tolerance" in checked.stdout
 
 
 def test_changing_the_factory_code_invalidates_the_stored_record(outside, tmp_path):
@@ -165,7 +165,7 @@ def test_one_off_form_and_python_api_agree(outside, tmp_path):
     record, per_example = vaebench.evaluate(model, "digits", k=50, device="cpu", name="oneoff")
     assert record.log_likelihood == pytest.approx(stored["log_likelihood"], abs=1e-9)
     assert per_example.index.name == "test_index" and len(per_example) == record.n_test == 300
-    assert list(per_example.columns) == ["L_50", "elbo"]
+    assert list(per_example.columns) == ["L_50", "L_50_mc_se", "jvi", "jvi_mc_se", "elbo", "elbo_mc_se", "ess", "khat"]
 
 
 @pytest.mark.parametrize(
@@ -250,7 +250,7 @@ def test_one_off_usage_errors(outside, args, message):
             "my_vae.py:raising",
             "model mine-bad (my_vae.py:raising) failed during evaluation (ValueError: my posterior is",
         ),
-        ("my_vae.py:nan_elbo", "model mine-bad: the ELBO is nan for test example"),
+        ("my_vae.py:nan_weight", "model mine-bad: log-weight is nan for test example"),
     ],
 )
 def test_a_model_that_fails_or_gives_nan_is_one_line(outside, tmp_path, factory, message):

@@ -40,7 +40,7 @@ def test_evaluate_your_own_model_runs_as_written(tmp_path):
     shell = f'set -e\nvaebench() {{ "{sys.executable}" "{ROOT / "run_bench.py"}" "$@"; }}\n{commands}'
     ran = subprocess.run(["bash", "-c", shell], cwd=tmp_path, capture_output=True, text=True, timeout=1200)
     assert ran.returncode == 0, ran.stdout[-3000:] + ran.stderr[-3000:]
-    assert "check: 4 of 4 metrics within tolerance" in ran.stdout
+    assert "check: 5 of 5 metrics within tolerance" in ran.stdout
     metrics = pd.read_csv(tmp_path / "results" / "metrics.csv")
     assert {"my-vae", "my-vae-once", "digits-standard"} <= set(metrics.model)
     same = metrics.set_index("model").loc[["my-vae", "my-vae-once"], "log_likelihood"]

@@ -31,7 +31,8 @@ def evaluate(
     """The protocol on ``model`` (``posterior(x)``, ``prior()``, ``likelihood(z)``; see
     :mod:`vaebench.core.interface`) and ``dataset`` (a name such as ``"binarized-mnist"`` or a
     :class:`~vaebench.protocol.datasets.Dataset`): the record (L_K as log p(x) with its standard errors, L_k
-    for the k that divide K, ELBO, gap, active units, ELBO surgery) and the per-test-point L_K and ELBO,
+    for the k that divide K, ELBO, gap, JVI_1, k-hat, active units, ELBO surgery) and the per-test-point L_K,
+    its Monte Carlo error, JVI_1, ELBO, ESS and k-hat,
     indexed by test index. Seeded: the same call gives the same numbers."""
     settings = Settings(k=k, n_test=n_test, seed=seed, surgery_samples=surgery_samples, batch_size=batch_size)
     data = load_dataset(dataset, data_dir) if isinstance(dataset, str) else dataset

@@ -33,3 +33,34 @@ def test_per_example_values_agree_across_batch_sizes_within_float32_rounding():
             difference = (per[b][key].double() - reference).abs()
             assert torch.equal(per[b]["test_index"], per[50]["test_index"])
             assert (difference <= bound).all(), (key, b, float(difference.max()), float(bound.min()))
+
+
+def test_record_summarises_the_per_example_estimates():
+    """The record's new numbers (protocol 2) are the per-example ones combined as documented: the MC error of a
+    mean of independent points is sqrt(sum se^2) / N, JVI_1 >= L_K at every point (Jensen), the bias is their
+    mean difference, the k-hat fraction, median ESS and worst points are those of the per-example column."""
+    import math
+
+    from vaebench.core.diagnostics import KHAT_UNRELIABLE
+    from vaebench.protocol.evaluate import PER_POINT
+
+    entry = builtin("digits-standard")
+    model, data = registry.load(entry), load_dataset(entry.dataset)
+    record, per = evaluate(model, data, Settings(k=500, n_test=40), surgery=False)
+    assert set(per) == {"test_index", "L_500", "L_500_mc_se", *PER_POINT}
+    n = 40
+    assert record.log_likelihood == float(per["L_500"].mean())
+    assert math.isclose(record.log_likelihood_mc_se, float(per["L_500_mc_se"].square().sum().sqrt()) / n)
+    assert record.bounds_mc_se[500] == record.log_likelihood_mc_se
+    assert math.isclose(record.elbo, float(per["elbo"].mean()))
+    assert math.isclose(record.elbo_mc_se, float(per["elbo_mc_se"].square().sum().sqrt()) / n)
+    assert (per["jvi"] >= per["L_500"]).all()
+    assert math.isclose(record.log_likelihood_bias, float((per["jvi"] - per["L_500"]).mean()), abs_tol=1e-12)
+    assert record.khat_unreliable == float((per["khat"] > KHAT_UNRELIABLE).double().mean())
+    assert math.isclose(record.median_ess, float(per["ess"].quantile(0.5)))
+    assert ((per["ess"] >= 1) & (per["ess"] <= 500)).all()
+    worst = [item.split(":") for item in record.worst_khat.split()]
+    assert [int(i) for i, _ in worst] == per["test_index"][per["khat"].argsort(descending=True)[:5]].tolist()
+    assert [float(k) for _, k in worst] == [round(float(k), 2) for k in per["khat"].sort(descending=True).values[:5]]
+    # the MC errors are of the right size: the all-K ELBO's is far below the spread of single log-weights
+    assert record.elbo_mc_se < record.elbo_se

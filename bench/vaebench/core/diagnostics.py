@@ -33,6 +33,8 @@ Importance-sampling diagnostics
 
 ELBO
     mean_k lw_k, with standard error std_k(lw) / sqrt(K) (sample std, ddof = 1).
+
+Everything at once: :func:`point_estimates` (what the protocol stores per test point).
 """
 
 from __future__ import annotations
@@ -249,3 +251,57 @@ def elbo_from_weights(lw: Tensor) -> tuple[Tensor, Tensor]:
     if k == 1:
         return elbo, torch.full_like(elbo, math.nan)
     return elbo, lw.std(dim=0, correction=1) / math.sqrt(k)
+
+
+@dataclass(frozen=True)
+class PointEstimates:
+    """What one set of K log-weights per example says, per example.
+
+    ``bounds`` [len(ks), B]: L_m for each m of the ladder, L_K itself and, for m < K, the average of L_m over
+    the K/m disjoint groups of m consecutive draws (unbiased for E L_m, less noisy than one group).
+    ``bounds_var`` [len(ks), B]: their Monte Carlo variances: the jackknife variance of L_K
+    (:func:`iwae_jackknife`), and for m < K the sample variance of the K/m group bounds over K/m.
+    ``jvi``, ``jvi_mc_se``: JVI_1 and its group-jackknife standard error; ``elbo``, ``elbo_mc_se``: mean_k lw
+    and its standard error (:func:`elbo_from_weights`); ``ess``, ``khat``: :func:`importance_diagnostics`.
+    All [B] float64 unless stated.
+    """
+
+    bounds: Tensor
+    bounds_var: Tensor
+    jvi: Tensor
+    jvi_mc_se: Tensor
+    elbo: Tensor
+    elbo_mc_se: Tensor
+    ess: Tensor
+    khat: Tensor
+
+
+def point_estimates(lw: Tensor, ks: tuple[int, ...]) -> PointEstimates:
+    """:class:`PointEstimates` of lw [K, B] for the ladder ``ks`` (K = max(ks) = lw.shape[0]; every m divides K)."""
+    lw = _as_log_weights(lw)
+    k = lw.shape[0]
+    if max(ks) != k or any(k % m for m in ks):
+        raise ValueError(f"the ladder {ks} must end at K = {k} and every k in it divide K")
+    jack = iwae_jackknife(lw)
+    bounds, variances = [], []
+    for m in ks:
+        if m == k:
+            bounds.append(jack.bound)
+            variances.append(jack.mc_se.square())
+            continue
+        groups = k // m
+        per_group = torch.logsumexp(lw.reshape(groups, m, -1), dim=1) - math.log(m)
+        bounds.append(per_group.mean(dim=0))
+        variances.append(per_group.var(dim=0, correction=1) / groups)
+    elbo, elbo_se = elbo_from_weights(lw)
+    diag = importance_diagnostics(lw)
+    return PointEstimates(
+        bounds=torch.stack(bounds),
+        bounds_var=torch.stack(variances),
+        jvi=jack.jvi1,
+        jvi_mc_se=jack.jvi1_mc_se,
+        elbo=elbo,
+        elbo_mc_se=elbo_se,
+        ess=diag.ess,
+        khat=diag.khat,
+    )

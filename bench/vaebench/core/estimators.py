@@ -311,6 +311,59 @@ def iwae_bounds(
     return bounds, torch.stack([var[m] for m in ks])
 
 
+@torch.no_grad()
+def all_log_weights(
+    model,
+    x: torch.Tensor,
+    k: int,
+    chunk_size: int | None = None,
+    *,
+    seed: int | None = None,
+    index: torch.Tensor | None = None,
+    name: str | None = None,
+    backend: str = "torch",
+    memory_bytes: int | None = None,
+    prior: Distribution | None = None,
+    kernel_options: KernelOptions | None = None,
+) -> torch.Tensor:
+    """Every log-weight log p(x, z_k) - log q(z_k|x), k = 1..K, of every example: x [B, D] -> [K, B] float64.
+
+    The samples, chunks and sub-batches of :func:`iwae_bounds` (so with ``seed`` the same numbers whatever
+    the batch and chunk size), kept instead of reduced, for the estimators of
+    :mod:`vaebench.core.diagnostics` (K x B x 8 bytes: 4 MB for K = 5000 and 100 examples). Raises
+    :class:`NonFiniteLogWeight` naming ``name`` and the example on a NaN/inf weight.
+    """
+    check_model(model)
+    check_backend_name(backend)
+    budget = memory_bytes if memory_bytes is not None else memory_budget(x.device)
+    chunk_size, per_batch = chunk_plan(
+        x.shape[0], x.shape[-1], (k,), chunk_size, seeded=seed is not None, memory_bytes=budget
+    )
+    index = torch.arange(x.shape[0]) if index is None else index
+    prior = model.prior() if prior is None else prior
+    out = torch.empty(k, x.shape[0], dtype=torch.float64, device=x.device)
+    for b in range(0, x.shape[0], per_batch):
+        xb, ib = x[b : b + per_batch], index[b : b + per_batch]
+        q = model.posterior(xb)
+        for start in range(0, k, chunk_size):
+            n = min(chunk_size, k - start)
+            lw = weighted_samples(
+                model,
+                xb,
+                n,
+                seed=seed,
+                index=ib,
+                start=start,
+                q=q,
+                prior=prior,
+                backend=backend,
+                kernel_options=kernel_options,
+            )[1].double()
+            check_finite(lw, name or type(model).__name__, ib)
+            out[start : start + n, b : b + len(xb)] = lw
+    return out
+
+
 def iwae_bound(
     model,
     x: torch.Tensor,

@@ -23,6 +23,7 @@ COLUMNS = ("model", "metric", "value", "se", "k", "n_test", "checkpoint_sha256")
 CHECKED = {
     "log_likelihood": "log_likelihood_mc_se",
     "L_1": "L_1_mc_se",
+    "elbo": "elbo_mc_se",
     "mutual_info": "mutual_info_se",
     "marginal_kl": "marginal_kl_se",
 }

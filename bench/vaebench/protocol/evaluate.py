@@ -1,8 +1,10 @@
 """The common evaluation protocol: one record of every number, for any model with the interface.
 
 Test log-likelihood is L_5000 (Burda et al. 2015), averaged over the test points; its ``_se`` is
-the standard error of that mean over test points. L_k for smaller k come from the same samples
-(averages over disjoint groups, see ``vaebench.core.estimators.iwae_bounds``). Active units use the whole
+the standard error of that mean over test points, its ``_mc_se`` the Monte Carlo error for these points
+(the jackknife over each point's K draws). L_k for smaller k come from the same samples (averages over
+disjoint groups), the ELBO is the mean of the same K log-weights, and JVI_1 and the k-hat and ESS
+diagnostics are computed from them too (``vaebench.core.diagnostics.point_estimates``). Active units use the whole
 evaluated test set (population variance, strict ``>`` threshold). ELBO surgery uses the whole
 training split for the aggregate posterior.
 """
@@ -20,7 +22,8 @@ import torch
 from torch.distributions import constraints
 from tqdm import tqdm
 
-from vaebench.core.estimators import elbo, iwae_bounds
+from vaebench.core.diagnostics import KHAT_UNRELIABLE, point_estimates
+from vaebench.core.estimators import all_log_weights
 from vaebench.core.metrics import NotGaussianPosterior, active_units, elbo_surgery
 from vaebench.families.likelihoods import grey_levels
 from vaebench.protocol.datasets import DataError, Dataset
@@ -74,7 +77,11 @@ def _save_progress(path: Path | None, key: str, done: dict) -> Path | None:
     return path
 
 
-def per_example_bounds(
+WORST_POINTS = 5  # test points listed by k-hat in the record
+PER_POINT = ("jvi", "jvi_mc_se", "elbo", "elbo_mc_se", "ess", "khat")
+
+
+def per_example_estimates(
     model,
     x: torch.Tensor,
     ks: tuple[int, ...],
@@ -86,14 +93,14 @@ def per_example_bounds(
     backend: str = "torch",
     ids: torch.Tensor | None = None,
     fingerprint: str = "",
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """Bounds and their Monte Carlo variances, each [len(ks), N], for every row of x in batches of
-    ``batch_size`` (see ``iwae_bounds``); ``ids`` [N] name the rows' noise streams (their test
-    indices; default 0..N-1). With ``progress_path`` each finished batch is stored and a
-    later call with the same arguments resumes where it stopped, giving the same numbers (the progress key
-    holds a hash of x and ``fingerprint``, which the caller sets to what else fixes the numbers: the
-    checkpoint and the code); the caller
-    removes the file (:func:`rank_progress_path`) once the results it feeds are stored.
+) -> dict[str, torch.Tensor]:
+    """Every row of x evaluated from its K = max(ks) seeded log-weights (:func:`all_log_weights`), in batches
+    of ``batch_size``: ``bounds`` and ``bounds_var`` [len(ks), N], and each of :data:`PER_POINT` [N] (see
+    :class:`vaebench.core.diagnostics.PointEstimates`). ``ids`` [N] name the rows' noise streams (their test
+    indices; default 0..N-1). With ``progress_path`` each finished batch is stored and a later call with the
+    same arguments resumes where it stopped, giving the same numbers (the progress key holds a hash of x and
+    ``fingerprint``, which the caller sets to what else fixes the numbers: the checkpoint and the code); the
+    caller removes the file (:func:`rank_progress_path`) once the results it feeds are stored.
 
     Under ``torch.distributed`` (e.g. launched by ``torchrun``) rank r takes batches r, r + W, ...
     and every rank receives all results: the same batches with the same per-example seeds, hence
@@ -111,27 +118,25 @@ def per_example_bounds(
         if start in done:
             continue
         xb = x[start : start + batch_size]
-        index = ids[start : start + len(xb)]
-        bounds, var = iwae_bounds(
+        lw = all_log_weights(
             model,
             xb,
-            ks,
+            max(ks),
             chunk_size,
             seed=seed,
-            index=index,
+            index=ids[start : start + len(xb)],
             name=name,
-            with_variance=True,
             backend=backend,
             prior=prior,
         )
-        done[start] = torch.stack([bounds.double().cpu(), var.cpu()])
+        done[start] = {field: value.cpu() for field, value in vars(point_estimates(lw, ks)).items()}
         progress_path = _save_progress(progress_path, key, done)
     if world > 1:
         gathered = [None] * world
         torch.distributed.all_gather_object(gathered, done)
         done = {start: part for shard in gathered for start, part in shard.items()}
-    both = torch.cat([done[s] for s in sorted(done)], dim=2)
-    return both[0], both[1]
+    order = sorted(done)
+    return {field: torch.cat([done[s][field] for s in order], dim=-1) for field in done[order[0]]}
 
 
 def rank_progress_path(path: Path | None) -> Path | None:
@@ -187,6 +192,12 @@ def test_subset(n_total: int, n_test: int) -> torch.Tensor:
     return torch.randperm(n_total, generator=torch.Generator().manual_seed(0))[:n_test].sort().values
 
 
+def _mc_se(variances: torch.Tensor) -> float:
+    """Monte Carlo standard error of the mean over points of estimates with these variances [N]: the points'
+    draws are independent, so sqrt(sum var) / N."""
+    return float(variances.sum().sqrt() / len(variances))
+
+
 def _mean_se(values: torch.Tensor) -> tuple[float, float]:
     v = values.double()
     return float(v.mean()), float(v.std() / math.sqrt(len(v))) if len(v) > 1 else float("nan")
@@ -205,10 +216,12 @@ def evaluate(
 ) -> tuple[Record, dict[str, torch.Tensor]]:
     """Run the protocol on ``model`` (any object with the interface); returns (record, per-example values).
 
-    L_k for every k of ``settings.ladder`` from one set of K seeded samples per test point, the ELBO
-    (one seeded draw per point, analytic KL where it exists), active units over the evaluated points and,
-    with ``surgery``, the ELBO-surgery terms over the training split. Per-example: ``test_index``, ``L_K``
-    and ``elbo`` [n_test]. With ``settings.n_test`` below the test-set size the points are a fixed random
+    From one set of K seeded samples per test point: L_k for every k of ``settings.ladder`` with its Monte
+    Carlo error (jackknife for L_K), the ELBO (mean log-weight of all K draws) with its Monte Carlo error,
+    JVI_1 (bias-corrected L_K) with its errors, and the importance-sampling diagnostics (k-hat, ESS), see
+    :mod:`vaebench.core.diagnostics`; active units over the evaluated points and, with ``surgery``, the
+    ELBO-surgery terms over the training split. Per-example [n_test]: ``test_index``, ``L_K``, ``L_K_mc_se``
+    and :data:`PER_POINT`. With ``settings.n_test`` below the test-set size the points are a fixed random
     subset (:func:`test_subset`). The same call gives the same numbers whatever the batch and chunk sizes.
     """
     n_total = len(dataset.test)
@@ -223,25 +236,14 @@ def evaluate(
     dataset.check_values(x, f"{dataset.name} test split")
     check_data_kind(model, dataset, x[:1], name)
     ks, k, seed, batch_size = settings.ladder, settings.k, settings.seed, settings.batch_size
-    bounds, mc_var = per_example_bounds(
+    est = per_example_estimates(
         model, x, ks, seed, batch_size, settings.chunk_size, name, progress_path, settings.backend, ids, fingerprint
     )
-    with torch.no_grad():
-        elbos = torch.cat(
-            [
-                elbo(model, x[i : i + batch_size], seed=seed, index=ids[i : i + batch_size])
-                for i in range(0, n_test, batch_size)
-            ]
-        ).cpu()
-    bad = (~torch.isfinite(elbos)).nonzero()
-    if len(bad):
-        first = int(ids[int(bad[0])])
-        raise FloatingPointError(
-            f"model {name}: the ELBO is {float(elbos[int(bad[0])])} for test example {first}; "
-            "check the model's likelihood and posterior for NaN or infinite values"
-        )
+    bounds, bounds_var, elbos = est["bounds"], est["bounds_var"], est["elbo"]
     ll, ll_se = _mean_se(bounds[-1])
     el, el_se = _mean_se(elbos)
+    jvi, jvi_se = _mean_se(est["jvi"])
+    worst = est["khat"].nan_to_num(-math.inf).argsort(descending=True, stable=True)[:WORST_POINTS]
     count, _ = active_units(model, x)
     terms, note = None, ""
     if surgery:
@@ -263,9 +265,9 @@ def evaluate(
         elbo_se=el_se,
         elbo_gap=ll - el,
         elbo_gap_se=_mean_se(bounds[-1] - elbos)[1],
-        log_likelihood_mc_se=float(mc_var[-1].sum().sqrt() / n_test),
+        log_likelihood_mc_se=_mc_se(bounds_var[-1]),
         bounds={m: float(bounds[i].mean()) for i, m in enumerate(ks)},
-        bounds_mc_se={m: float(mc_var[i].sum().sqrt() / n_test) for i, m in enumerate(ks)},
+        bounds_mc_se={m: _mc_se(bounds_var[i]) for i, m in enumerate(ks)},
         active_units=count if isinstance(count, int) else "+".join(map(str, count)),
         active_units_total=count if isinstance(count, int) else sum(count),
         active_units_set="test" if n_test == n_total else f"test subset ({n_test} of {n_total})",
@@ -276,5 +278,15 @@ def evaluate(
         torch=str(torch.__version__),
         protocol_version=PROTOCOL_VERSION,
         wall_time_s=time.perf_counter() - started,
+        elbo_mc_se=_mc_se(est["elbo_mc_se"].square()),
+        log_likelihood_jvi=jvi,
+        log_likelihood_jvi_se=jvi_se,
+        log_likelihood_jvi_mc_se=_mc_se(est["jvi_mc_se"].square()),
+        log_likelihood_bias=jvi - ll,
+        khat_unreliable=float((est["khat"] > KHAT_UNRELIABLE).double().mean()),
+        khat_undefined=int(est["khat"].isnan().sum()),
+        median_ess=float(est["ess"].nanquantile(0.5)),
+        worst_khat=" ".join(f"{int(ids[i])}:{float(est['khat'][i]):.2f}" for i in worst if not est["khat"][i].isnan()),
     )
-    return record, {"test_index": ids, f"L_{k}": bounds[-1], "elbo": elbos}
+    per_example = {"test_index": ids, f"L_{k}": bounds[-1], f"L_{k}_mc_se": bounds_var[-1].sqrt()}
+    return record, per_example | {field: est[field] for field in PER_POINT}

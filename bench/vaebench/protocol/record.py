@@ -38,8 +38,14 @@ class SurgeryTerms:
 @dataclass(frozen=True)
 class Record:
     """One model's protocol numbers. log_likelihood = L_K averaged over the ``n_test`` test points, ``_se``
-    its standard error over test points, ``_mc_se`` its Monte Carlo standard error for these points;
-    ``bounds[m]`` = L_m from the same samples; elbo_gap = L_K - ELBO; active units of the posterior mean."""
+    its standard error over test points, ``_mc_se`` its Monte Carlo standard error for these points (the
+    jackknife over each point's K draws); ``bounds[m]`` = L_m from the same samples; elbo = the mean
+    log-weight of the same draws, elbo_gap = L_K - ELBO; active units of the posterior mean.
+    ``log_likelihood_jvi``: JVI_1 (Nowozin 2018), L_K with its O(1/K) bias removed (not a bound), with its
+    errors; ``log_likelihood_bias`` = JVI_1 - L_K, the estimated bias of L_K (>= 0). ``khat_unreliable``: the
+    fraction of test points whose Pareto k-hat exceeds 0.7 (``khat_undefined`` points have none),
+    ``median_ess`` the median effective sample size, ``worst_khat`` "index:k-hat" of the worst points.
+    Fields with defaults are absent from records of protocol version 1."""
 
     model: str
     dataset: str
@@ -65,6 +71,15 @@ class Record:
     torch: str
     protocol_version: int
     wall_time_s: float
+    elbo_mc_se: float = math.nan
+    log_likelihood_jvi: float = math.nan
+    log_likelihood_jvi_se: float = math.nan
+    log_likelihood_jvi_mc_se: float = math.nan
+    log_likelihood_bias: float = math.nan
+    khat_unreliable: float = math.nan
+    khat_undefined: int = 0
+    median_ess: float = math.nan
+    worst_khat: str = ""
     code_version: str = ""
     source_sha256: str = ""
     checkpoint_sha256: str = ""
