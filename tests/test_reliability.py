@@ -18,6 +18,7 @@ from vaebench.protocol import registry
 from vaebench.protocol.checkpoint import CheckpointError, atomic_save, load_state
 from vaebench.protocol.datasets import load_dataset
 from vaebench.protocol.evaluate import evaluate
+from vaebench.protocol.files import content_digest
 from vaebench.protocol.settings import Settings
 from vaebench.protocol.train import TrainConfig, train
 
@@ -412,6 +413,7 @@ def test_resuming_after_a_data_change_does_not_mix_two_data_sets(tmp_path):
     evaluate(model, inverted, settings, progress_path=progress, fingerprint="code-a")
     saved = torch.load(progress, weights_only=True)
     saved["done"] = {0: saved["done"][0]}  # as if killed after the first batch
+    saved["digest"] = content_digest(saved["done"])
     torch.save(saved, progress)
     want, want_per = evaluate(model, data, settings)
     got, got_per = evaluate(model, data, settings, progress_path=progress, fingerprint="code-a")
@@ -419,7 +421,9 @@ def test_resuming_after_a_data_change_does_not_mix_two_data_sets(tmp_path):
     assert torch.equal(got_per["L_50"], want_per["L_50"])
     evaluate(model, data, settings, progress_path=progress, fingerprint="code-a")
     saved = torch.load(progress, weights_only=True)
-    saved["done"][0] = saved["done"][0] + 100.0  # a stored batch that another code version would have made
+    batch = saved["done"][0]  # a stored batch that another code version would have made
+    saved["done"][0] = {k: v + 100.0 if v.is_floating_point() else v for k, v in batch.items()}
+    saved["digest"] = content_digest(saved["done"])
     torch.save(saved, progress)
     other_code, _ = evaluate(model, data, settings, progress_path=progress, fingerprint="code-b")
     assert other_code.log_likelihood == want.log_likelihood

@@ -55,8 +55,9 @@ def test_ppca_record_error_matches_reseeded_spread(k):
 @pytest.mark.slow
 def test_trained_model_error_matches_reseeded_spread():
     """vae-standard on 20 test points of binarized MNIST, 100 seeds of K = 5000 draws (the first 50 and 500 of
-    each stream give K = 50 and 500), through the compiled path the records are made with. Its weights are heavy-tailed (k-hat above 0.7 at most points), where a
-    per-point error is usually too small and now and then large: pooled as variances it is right."""
+    each stream give K = 50 and 500), through the compiled path the records are made with. Its weights are
+    heavy-tailed (k-hat above 0.7 at most points), where a per-point error is usually too small and now and then
+    large: pooled as variances it is right."""
     model = registry.load(registry.load_registry([registry.builtin_registry()])["vae-standard"])
     data = load_dataset("binarized-mnist")
     ids = evaluate.test_subset(len(data.test), 20)

@@ -37,6 +37,8 @@ def check_writable(folder: Path) -> None:
     for sub in (folder, folder / "records", folder / "per_example"):
         if sub.exists() and not sub.is_dir():
             raise ResultsError(f"{sub} is a file, not a folder: move it away, or choose another folder with --out")
+        if sub != folder and not sub.exists():
+            continue  # made when the first result is written (its parent was found writable)
         try:
             sub.mkdir(parents=True, exist_ok=True)
             probe = sub / f".write-test-{os.getpid()}"
