@@ -508,7 +508,7 @@ def _baseline(tmp_path: Path) -> Path:
         (lambda f: f.assign(value=f.value + 500, se=1e300), 2, "is 1e+300, but this protocol gives"),
         (lambda f: f.drop(columns=["se"]), 2, "lacks the columns se"),
         (lambda f: f.iloc[:0], 2, "has no rows"),
-        (lambda f: f.assign(metric="elbo"), 2, "names metrics it cannot check (elbo"),
+        (lambda f: f.assign(metric="elbo_gap"), 2, "names metrics it cannot check (elbo_gap"),
     ],
 )
 def test_check_fails_on_a_damaged_baseline(tmp_path, damage, code, message):
