@@ -171,24 +171,28 @@ def test_outside_model_compiles_its_own_likelihood():
 
 
 @torch.no_grad()
-def test_without_a_cpp_compiler_it_runs_eagerly_and_says_so_once(monkeypatch):
+def test_without_a_cpp_compiler_it_runs_eagerly_and_says_so_once():
     try:
         from torch._inductor import config as inductor_config
         from torch._inductor import cpp_builder
     except ImportError:
         pytest.skip("this torch has no inductor")
-    monkeypatch.setattr(inductor_config.cpp, "cxx", ("vaebench-no-such-compiler++",))
+    before = inductor_config.cpp.cxx
     cpp_builder.cpp_compiler_search.cache_clear()
     try:
-        model = small_model(1, "vamp")
-        x = images(3)
-        with pytest.warns(fused.CompileFallbackWarning, match="C\\+\\+ compiler") as caught:
-            got = [log_weights(model, x, 10, seed=0, backend="compiled") for _ in range(2)]
-        assert len([w for w in caught if issubclass(w.category, fused.CompileFallbackWarning)]) == 1
-        want = log_weights(model, x, 10, seed=0, backend="torch")
-        assert all(torch.equal(g, want) for g in got)  # the eager formula itself
+        # torch's own patch: pytest's monkeypatch undo leaves this setting hidden, so every later compile in the
+        # session would fall back (AttributeError)
+        with inductor_config.patch({"cpp.cxx": ("vaebench-no-such-compiler++",)}):
+            model = small_model(1, "vamp")
+            x = images(3)
+            with pytest.warns(fused.CompileFallbackWarning, match="C\\+\\+ compiler") as caught:
+                got = [log_weights(model, x, 10, seed=0, backend="compiled") for _ in range(2)]
+            assert len([w for w in caught if issubclass(w.category, fused.CompileFallbackWarning)]) == 1
+            want = log_weights(model, x, 10, seed=0, backend="torch")
+            assert all(torch.equal(g, want) for g in got)  # the eager formula itself
     finally:
         cpp_builder.cpp_compiler_search.cache_clear()
+    assert inductor_config.cpp.cxx == before  # later compiles in this session see the real setting
 
 
 @torch.no_grad()
